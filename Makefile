@@ -1,0 +1,44 @@
+# cnnexp: `make train` and `make test` are all a fresh machine needs (they create .venv first).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PY := .venv/bin/python
+STAMP := .venv/.installed-stamp
+UI_PORT ?= 5000
+STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
+
+.PHONY: install train test test-fast ui lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)          ## the default experiment: stacked3x3 on MNIST-5k
+	$(PY) -m cnnexp $(ARGS)
+
+test: $(STAMP)           ## the whole suite, slow end-to-end tests included
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+ui: $(STAMP)             ## MLflow UI on 127.0.0.1 over the same store the runs write
+	mkdir -p outputs/mlartifacts
+	$(PY) -m mlflow ui --backend-store-uri $(STORE) --default-artifact-root $(CURDIR)/outputs/mlartifacts --host 127.0.0.1 --port $(UI_PORT)
+
+lint: $(STAMP)
+	$(PY) -m ruff check cnnexp tests
+	$(PY) -m ruff format --check cnnexp tests
+
+format: $(STAMP)
+	$(PY) -m ruff format cnnexp tests
+	$(PY) -m ruff check --fix cnnexp tests
+
+bench: $(STAMP)          ## speed ratios against baselines, measured in one run
+	$(PY) -m cnnexp.bench
+
+clean:                   ## run outputs and caches (the MLflow store too); keeps .venv
+	rm -rf outputs .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

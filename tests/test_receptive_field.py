@@ -1,0 +1,214 @@
+"""Receptive fields against hand arithmetic (r = r_prev + (k-1)·S_prev), gradients and Distill."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.models as tvm
+from torch import nn
+
+from cnnexp.analysis.receptive_field import (
+    ReceptiveFieldError,
+    format_table,
+    receptive_fields,
+    rf_at_last_spatial_layer,
+)
+
+SHAPE = (1, 16, 16)
+
+
+def conv(k: int = 3, stride: int = 1, dilation: int = 1, channels: int = 1) -> nn.Conv2d:
+    """A 'same'-padded conv (padding = d(k-1)/2)."""
+    return nn.Conv2d(channels, channels, k, stride, dilation * (k - 1) // 2, dilation)
+
+
+def last(module: nn.Module, shape: tuple[int, int, int] = SHAPE):
+    return receptive_fields(module, shape)[-1]
+
+
+def by_name(module: nn.Module, shape: tuple[int, int, int]) -> dict:
+    return {row.name: row for row in receptive_fields(module, shape)}
+
+
+def on_meta(name: str, **kwargs) -> nn.Module:
+    """A torchvision model on the meta device: no memory, no init, shapes only (fast tests)."""
+    with torch.device("meta"):
+        return getattr(tvm, name)(weights=None, **kwargs)
+
+
+class Residual(nn.Module):
+    def __init__(self, main: nn.Module, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.main, self.shortcut = main, shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.shortcut(x)
+
+
+@pytest.mark.parametrize(
+    ("layers", "expected"),
+    [
+        ([conv()], 3),
+        ([conv(), conv()], 5),
+        ([conv(), conv(), conv()], 7),
+        ([conv(), nn.MaxPool2d(2, 2), conv()], 8),  # 3, then 3+1·1=4 (S=2), then 4+2·2=8
+        ([conv(dilation=2)], 5),  # effective kernel 2·(3-1)+1
+        ([conv(), conv(k=1)], 3),  # 1×1 changes depth only
+        ([conv(k=5)], 5),  # one 5×5 sees what two 3×3 see
+        ([conv(), nn.ReLU(), nn.BatchNorm2d(1), nn.Dropout()], 3),  # pass-through
+    ],
+)
+def test_sequential_stacks_match_hand_arithmetic(layers: list[nn.Module], expected: int) -> None:
+    row = last(nn.Sequential(*layers))
+    assert row.size == expected and row.size_hw == (expected, expected)
+
+
+def test_effective_stride_and_padding_by_hand() -> None:
+    # conv3 p1: (r,S,P)=(3,1,1); pool2 s2 p0: (4,2,1); conv3 s2 p1: (4+2·2, 2·2, 1+1·2) = (8,4,3)
+    rows = receptive_fields(nn.Sequential(conv(), nn.AvgPool2d(2), conv(stride=2)), SHAPE)
+    assert [(r.size, r.stride, r.padding) for r in rows] == [(3, 1, 1), (4, 2, 1), (8, 4, 3)]
+    assert rows[2].kernel == (3, 3) and rows[2].layer_stride == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        [conv(), nn.AvgPool2d(2), conv(stride=2)],
+        [conv(dilation=2), conv(k=5, stride=2), nn.AvgPool2d(3, 2, 1), conv()],
+        [nn.Conv2d(1, 1, 4, 3, 0), nn.Conv2d(1, 1, 2, 1, 1)],
+    ],
+)
+def test_field_equals_the_gradient_support(layers: list[nn.Module]) -> None:
+    """With positive weights and average pooling, unit f depends on exactly [fS-P, fS-P+r-1]."""
+    net = nn.Sequential(*layers)
+    for p in net.parameters():
+        nn.init.constant_(p, 0.1)
+    x = torch.randn(1, 1, 40, 40, requires_grad=True)
+    out = net(x)
+    f = out.shape[-1] // 2
+    (grad,) = torch.autograd.grad(out[0, 0, f, f], x)
+    seen = grad[0, 0].abs().sum(0).nonzero().flatten()
+    row = last(net, (1, 40, 40))
+    first = f * row.stride - row.padding
+    assert (seen.min().item(), seen.max().item()) == (first, first + row.size - 1)
+
+
+def test_residual_block_is_aligned() -> None:
+    block = Residual(nn.Sequential(conv(), nn.ReLU(), conv()), nn.Identity())
+    row = last(block)
+    assert (row.kind, row.size, row.padding, row.aligned) == ("add", 5, 2, True)
+
+
+def test_add_of_shifted_paths_is_flagged() -> None:
+    # conv3 s2 p1 sees [-1, 1] for unit 0, pool2 s2 sees [0, 1]: same S, centres 0 and 0.5
+    row = last(Residual(conv(stride=2), nn.MaxPool2d(2)))
+    assert not row.aligned and "centres" in row.note
+    assert (row.size, row.stride, row.padding) == (3, 2, 1)  # union [-1, 1]
+
+
+def test_add_of_paths_with_different_strides_is_flagged() -> None:
+    row = last(Residual(conv(stride=2), nn.Conv2d(1, 1, 5, 1, 0)), (1, 8, 8))  # both 4×4
+    assert not row.aligned and "strides" in row.note
+
+
+class Functional(nn.Module):
+    """Functional conv, pools and a channel concatenation of paths with different fields."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.w2 = (
+            nn.Parameter(torch.ones(2, 1, 3, 3)),
+            nn.Parameter(torch.ones(2, 2, 3, 3)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.conv2d(x, self.w1, padding=1)  # r 3
+        b = F.max_pool2d(F.conv2d(a, self.w2, padding=2, dilation=2), 3, 1, 1)  # r 7, then 9
+        y = torch.cat([a, F.avg_pool2d(b, 1)], dim=1)
+        return torch.flatten(y.mean((2, 3)), 1)
+
+
+def test_functional_ops_and_concatenation() -> None:
+    rows = receptive_fields(Functional(), SHAPE)
+    kinds = [row.kind for row in rows]
+    assert kinds[:3] == ["conv", "conv", "pool"] and "cat" in kinds
+    cat = next(row for row in rows if row.kind == "cat")
+    assert (cat.size, cat.aligned) == (9, True)  # the wider of two centred paths
+    assert rows[-1].covers_input and rf_at_last_spatial_layer(rows) == 9
+
+
+def test_global_pool_flatten_and_linear_cover_the_input() -> None:
+    net = nn.Sequential(conv(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 2))
+    rows = receptive_fields(net, (1, 12, 10))
+    assert [r.covers_input for r in rows] == [False, True, True, True]
+    assert rows[-1].kind == "linear" and rows[-1].size_hw == (12, 10)
+    assert rf_at_last_spatial_layer(rows) == 3
+    assert "covers input" in format_table(rows).splitlines()[-1]
+
+
+def test_mode_is_restored() -> None:
+    net = nn.Sequential(conv(), nn.BatchNorm2d(1), nn.Dropout())
+    net.train()
+    net[2].eval()
+    receptive_fields(net, SHAPE)
+    assert [m.training for m in net] == [True, True, False]
+    assert net[1].num_batches_tracked.item() == 0
+
+
+class DataDependent(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.sum() > 0 else -x
+
+
+def test_untraceable_module_gets_one_clear_error() -> None:
+    with pytest.raises(ReceptiveFieldError, match="cannot trace DataDependent"):
+        receptive_fields(DataDependent(), SHAPE)
+
+
+def test_unknown_resampling_op_is_refused() -> None:
+    with pytest.raises(ReceptiveFieldError, match="no receptive-field rule"):
+        receptive_fields(nn.Sequential(conv(), nn.Upsample(scale_factor=2)), SHAPE)
+
+
+def test_alexnet_matches_arithmetic() -> None:
+    rows = by_name(tvm.alexnet(weights=None), (3, 224, 224))  # a real CPU model this time
+    assert rows["features.10"].size == 163  # conv5: 67 + 3 convs · 2·16
+    pool5 = rows["features.12"]
+    assert (pool5.size, pool5.stride) == (195, 32)  # Distill's table: AlexNet 195
+
+
+def test_vgg16_matches_distill() -> None:
+    rows = by_name(on_meta("vgg16"), (3, 224, 224))
+    assert rows["features.28"].size == 196  # conv5_3
+    pool5 = rows["features.30"]
+    assert (pool5.size, pool5.stride, pool5.padding) == (212, 32, 90)  # Distill: 212, 32, 90
+
+
+def test_resnet50_final_field() -> None:
+    # torchvision's v1.5 strides the first unit's 3×3 of each stage: 427. (Distill's 483 is
+    # TF-slim resnet_v1_50, which strides the last unit instead.)
+    rows = receptive_fields(on_meta("resnet50"), (3, 224, 224))
+    assert rf_at_last_spatial_layer(rows) == 427
+    assert all(row.aligned for row in rows)
+
+
+def test_inception_v3_matches_distill() -> None:
+    net = on_meta("inception_v3", init_weights=False)
+    assert rf_at_last_spatial_layer(receptive_fields(net, (3, 299, 299))) == 1311
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("vgg11", 150),  # pools at 4, 10, 30, 70, 150
+        ("resnet18", 435),  # 11 after the stem, then 8 convs at S=4, 8, 16, 32 (stride 2 first)
+        ("mobilenet_v2", 491),  # one depthwise 3×3 per block: 3 + 2·(2+2·4+3·8+7·16+4·32)
+        ("densenet121", 2071),  # 6/12/24/16 3×3 layers, transitions' 2×2 pools in between
+        ("googlenet", 379),  # torchvision's "5×5" branch is a 3×3
+    ],
+)
+def test_torchvision_models(name: str, expected: int) -> None:
+    extra = {"init_weights": False} if name == "googlenet" else {}
+    rows = receptive_fields(on_meta(name, **extra), (3, 224, 224))
+    assert rf_at_last_spatial_layer(rows) == expected
+    assert all(row.aligned for row in rows) and rows[-1].covers_input
+    assert len(format_table(rows).splitlines()) == len(rows) + 1
