@@ -20,7 +20,7 @@ def _fields(cfg: DictConfig) -> dict:
 
 
 def build(cfg: DictConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """The net described by `cfg.model` for inputs of `input_shape` (C, H, W); ConfigError if bad."""
+    """The net `cfg.model` describes for `input_shape` (C, H, W); ConfigError if bad."""
     model = _fields(cfg)
     blocks = parse_blocks(model["blocks"], input_shape[1:], model["batch_norm"])
     return build_net(

@@ -1,4 +1,4 @@
-"""Block lists from YAML -> checked specs -> nn.Module. One parser serves validation and building."""
+"""Block lists from YAML -> checked specs -> nn.Module; one parser validates and builds."""
 
 from __future__ import annotations
 

@@ -1,0 +1,58 @@
+"""Shared fixtures: compose the real conf/ with Hydra, run the real CLI, read the real store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from cnnexp.config import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FAST = [
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def compose_cfg(*overrides: str) -> DictConfig:
+    """The root config composed from conf/ exactly as the CLI would."""
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def run_cli(*args: str, out: Path, env: dict | None = None, timeout: int = 300):
+    """`python -m cnnexp ARGS` in a subprocess, every output under `out`."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None) if env is None else None
+    flags = [a for a in args if a.startswith("-")]  # Hydra wants -m before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, "-m", "cnnexp", *flags, f"paths.output_dir={out}", *overrides]
+    return subprocess.run(
+        cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def store(out: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{out}/mlflow.db")
+
+
+def all_runs(out: Path) -> list:
+    client = store(out)
+    experiments = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in experiments]) if experiments else []
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "outputs"
