@@ -119,13 +119,16 @@ def test_ctrl_c_marks_the_run_killed(out) -> None:
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait for the first epoch's checkpoint (files, not the db)
-        if list(out.glob("runs/*/*/checkpoints/*.ckpt")):
-            break
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the first epoch's checkpoint (files, not the db)
+            if list(out.glob("runs/*/*/checkpoints/*.ckpt")):
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode != 0
     [run] = all_runs(out)
     assert run.info.status == "KILLED", output[-2000:]

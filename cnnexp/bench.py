@@ -1,0 +1,93 @@
+"""`make bench`: speed of the runner against baselines, as ratios measured in one run.
+
+- runner vs plain PyTorch: the CLI's fit time per epoch (default logging: MLflow, checkpoint,
+  progress bar) over a hand-written loop training the same net on the same tensors and batches.
+- `python -m cnnexp --help`: wall time (it must not import torch).
+Writes outputs/bench.json. Timings, never assertions: compare ratios, not seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from cnnexp import data, models
+from cnnexp.config import register_resolvers, repo_root
+
+EPOCHS = 3
+BENCH_ARGS = ["model=stacked3x3", "data=mnist5k", "trainer=cpu", f"trainer.max_epochs={EPOCHS}"]
+
+
+def plain_loop_seconds(overrides: list[str]) -> float:
+    """The same net, data, batch size, optimizer and schedule in a bare PyTorch loop."""
+    register_resolvers()
+    with initialize_config_dir(str(repo_root() / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    torch.manual_seed(cfg.seed)
+    dm = data.build(cfg.data)
+    net = models.build(cfg.model, dm.input_shape, dm.num_classes)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.optimizer.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS)
+    (x, y), (xv, yv), bs = dm.train, dm.val, cfg.data.batch_size
+    start = time.perf_counter()
+    for _ in range(EPOCHS):
+        net.train()
+        for idx in torch.randperm(len(y)).split(bs):
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+        net.eval()
+        with torch.no_grad():
+            correct = sum((net(xb).argmax(1) == yb).sum() for xb, yb in
+                          zip(xv.split(bs), yv.split(bs), strict=True))
+    del correct
+    return time.perf_counter() - start
+
+
+def runner_seconds(overrides: list[str], out: Path) -> float:
+    """fit_seconds of a real CLI run, read back from its MLflow store."""
+    cmd = [sys.executable, "-m", "cnnexp", f"paths.output_dir={out}", *overrides]
+    subprocess.run(cmd, cwd=repo_root(), check=True, capture_output=True)
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return run.data.metrics["fit_seconds"]
+
+
+def help_seconds(repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cnnexp", "--help"], cwd=repo_root(), check=True,
+                       capture_output=True)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        results["runner_epoch_s"] = runner_seconds(BENCH_ARGS, Path(tmp) / "a") / EPOCHS
+    results["plain_epoch_s"] = plain_loop_seconds(BENCH_ARGS) / EPOCHS
+    results["runner_vs_plain"] = results["runner_epoch_s"] / results["plain_epoch_s"]
+    results["help_s"] = help_seconds()
+    for key, value in results.items():
+        print(f"{key:>18}: {value:.3f}")
+    print(f"target: runner_vs_plain <= 1.10, help_s <= 1.0 ({torch.get_num_threads()} threads)")
+    out = repo_root() / "outputs" / "bench.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
