@@ -25,6 +25,11 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     try:
+        if cfg.task == "inspect":
+            from cnnexp.inspect import inspect
+
+            inspect(cfg)
+            return None
         from cnnexp.train import train
 
         return train(cfg)

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from cnnexp import data, models, tracking
+from cnnexp.analysis.callbacks import build_callbacks
 from cnnexp.config import ConfigError
 from cnnexp.models.facts import flops_per_image, n_params
 from cnnexp.validate import validate
@@ -34,8 +35,10 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir, "runs", f"direct-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def make_trainer(cfg: DictConfig, logger: MLFlowLogger, out: Path) -> L.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+def make_trainer(
+    cfg: DictConfig, logger: MLFlowLogger, out: Path, extra: list[L.Callback] = ()
+) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()] + list(extra)
     try:
         return L.Trainer(
             **OmegaConf.to_container(cfg.trainer, resolve=True),
@@ -50,6 +53,10 @@ def make_trainer(cfg: DictConfig, logger: MLFlowLogger, out: Path) -> L.Trainer:
 def train(cfg: DictConfig) -> float:
     """Train and test the configured net; return the best val_acc (what sweepers optimise)."""
     validate(cfg)
+    if cfg.model.name == "orb_bovw":  # hand-crafted baseline, no net to train
+        from cnnexp.features.run import train_orb
+
+        return train_orb(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = data.build(cfg.data)
     net = models.build(cfg.model, dm.input_shape, dm.num_classes)
@@ -69,7 +76,8 @@ def train(cfg: DictConfig) -> float:
             "output_dir": str(out),
         },
     )
-    trainer = make_trainer(cfg, logger, out)  # a bad trainer flag fails here, before any run opens
+    insight = build_callbacks(cfg.get("analysis"), dm, dm.input_shape)
+    trainer = make_trainer(cfg, logger, out, insight)  # a bad flag fails here, before a run opens
 
     client, run_id = logger.experiment, logger.run_id  # opens the run
     with tracking.run_status(client, run_id):

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnexp import data
 from cnnexp.config import ConfigError, check_keys, one_of
 
-TASKS = ("train",)
+TASKS = ("train", "inspect")
 TOP_KEYS = {
     "defaults",
     "task",
@@ -25,6 +25,7 @@ TOP_KEYS = {
     "logger",
     "callbacks",
     "analysis",
+    "inspect_model",  # task=inspect +inspect_model=resnet18: a torchvision model
 }
 
 

@@ -12,7 +12,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
@@ -20,11 +19,11 @@ from PIL import Image
 from torchvision import datasets
 
 from cnnexp import data
-from cnnexp.config import ConfigError, register_resolvers
+from cnnexp.config import ConfigError
 from cnnexp.data.module import Augment, random_affine
 from cnnexp.data.splits import split_indices, stratified_subset
+from tests.conftest import CONF, compose_cfg
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 PRESETS = sorted(p.stem for p in (CONF / "data").glob("*.yaml") if not p.stem.startswith("_"))
 SHAPES = {
     "mnist5k": (1, 28, 28),
@@ -37,21 +36,9 @@ SHAPES = {
 }
 
 
-def absent_groups() -> list[str]:
-    """`~group` for root defaults whose YAML does not exist yet (written in parallel elsewhere)."""
-    defaults = OmegaConf.load(CONF / "config.yaml").defaults
-    pairs = [next(iter(d.items())) for d in defaults if isinstance(d, DictConfig)]
-    return [
-        f"~{group}" for group, option in pairs if not (CONF / group / f"{option}.yaml").exists()
-    ]
-
-
 def compose_data(name: str, tmp_path: Path, *overrides: str) -> DictConfig:
     """cfg.data of the real root config with data=<name>, outputs under tmp_path."""
-    register_resolvers()
-    with initialize_config_dir(str(CONF), version_base=None):
-        base = [f"data={name}", f"paths.output_dir={tmp_path}", *absent_groups()]
-        return compose("config", overrides=[*base, *overrides]).data
+    return compose_cfg(f"data={name}", f"paths.output_dir={tmp_path}", *overrides).data
 
 
 # --- files in torchvision's real on-disk formats ------------------------------------------------

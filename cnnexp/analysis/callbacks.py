@@ -1,0 +1,215 @@
+"""Lightning callbacks that show the inside of the net in its MLflow run (`conf/analysis/`).
+
+Images go through `MlflowClient.log_image(run_id, image, key=..., step=...)` with step = epochs
+trained (0 = before training); health metrics use step = epoch index, like `val_acc`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import matplotlib
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cnnexp.analysis.erf import (
+    effective_receptive_field,
+    erf_figure,
+    erf_size,
+    last_spatial_layer,
+)
+from cnnexp.analysis.health import block_outputs, conv_blocks, grad_norms, network_health
+from cnnexp.analysis.receptive_field import format_table, receptive_fields, rf_at_last_spatial_layer
+from cnnexp.config import check_keys, one_of
+
+KEYS = {
+    "enabled",
+    "every_n_epochs",
+    "erf_samples",
+    "n_images",
+    "max_channels",
+    "normalize",
+    "health_images",
+    "tile_px",
+}
+NORMALIZE = ("channel", "layer")
+
+
+def build_callbacks(
+    cfg: DictConfig, datamodule: L.LightningDataModule, input_shape: tuple[int, int, int]
+) -> list[L.Callback]:
+    """The analysis callbacks `cfg` (the `analysis` group) asks for; [] when disabled."""
+    spec = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
+    check_keys(spec, "analysis", KEYS)
+    if not spec.get("enabled", False):
+        return []
+    one_of(spec.get("normalize", "channel"), "analysis.normalize", NORMALIZE)
+    every = spec.get("every_n_epochs", 2)
+    images = datamodule.val[0][: spec.get("n_images", 4)]
+    return [
+        ReceptiveFieldLogger(input_shape),
+        ERFLogger(every, input_shape, spec.get("erf_samples", 8)),
+        FeatureMapLogger(
+            every,
+            images,
+            spec.get("max_channels", 16),
+            spec.get("normalize", "channel"),
+            spec.get("tile_px", 32),
+        ),
+        KernelLogger(every, spec.get("tile_px", 32)),
+        HealthLogger(datamodule.val[0][: spec.get("health_images", 128)]),
+    ]
+
+
+class ReceptiveFieldLogger(L.Callback):
+    """At fit start: artifact `receptive_field.txt` (per layer) and metric `receptive_field`."""
+
+    def __init__(self, input_shape: tuple[int, int, int]) -> None:
+        self.input_shape = input_shape
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rows = receptive_fields(pl_module.net, self.input_shape)
+        client, run_id = trainer.logger.experiment, trainer.logger.run_id
+        client.log_text(run_id, format_table(rows) + "\n", "receptive_field.txt")
+        trainer.logger.log_metrics({"receptive_field": rf_at_last_spatial_layer(rows)}, step=0)
+
+
+class SnapshotLogger(L.Callback):
+    """Calls `snapshot` before training (step 0), every `every` epochs and after the last one."""
+
+    def __init__(self, every: int) -> None:
+        self.every = max(1, every)
+
+    def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        raise NotImplementedError
+
+    def log_image(self, trainer: L.Trainer, image: np.ndarray, key: str, step: int) -> None:
+        trainer.logger.experiment.log_image(trainer.logger.run_id, image, key=key, step=step)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.snapshot(trainer, pl_module, 0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        done = trainer.current_epoch + 1
+        last = done == trainer.max_epochs or trainer.should_stop
+        if done % self.every == 0 or last:
+            self.snapshot(trainer, pl_module, done)
+
+
+class ERFLogger(SnapshotLogger):
+    """Image `erf` (heatmap with the theoretical RF square) and metric `erf_size`."""
+
+    def __init__(self, every: int, input_shape: tuple[int, int, int], n_samples: int) -> None:
+        super().__init__(every)
+        self.input_shape, self.n_samples = input_shape, n_samples
+        self.rf_size: int | None = None
+        self.layer = ""
+
+    def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        net = pl_module.net
+        if self.rf_size is None:
+            self.rf_size = rf_at_last_spatial_layer(receptive_fields(net, self.input_shape))
+            self.layer = last_spatial_layer(net, self.input_shape)
+        erf = effective_receptive_field(net, self.input_shape, self.n_samples, self.layer)
+        fig = erf_figure(erf, self.rf_size, title=f"Effective receptive field, epoch {step}")
+        fig.canvas.draw()
+        self.log_image(trainer, np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), "erf", step)
+        trainer.logger.log_metrics({"erf_size": erf_size(erf)}, step=step)
+
+
+class FeatureMapLogger(SnapshotLogger):
+    """Image `feature_maps/convN` per conv block: a row per fixed validation image, the input
+    then up to `max_channels` channels of the block's output (after its activation)."""
+
+    def __init__(
+        self, every: int, images: torch.Tensor, max_channels: int, normalize: str, tile_px: int
+    ) -> None:
+        super().__init__(every)
+        self.images, self.max_channels = images, max_channels
+        self.normalize, self.tile_px = normalize, tile_px
+
+    def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        x = self.images.to(pl_module.device)
+        inputs = [to_rgb(minmax(image)) for image in self.images.float()]
+        for name, maps in block_outputs(pl_module.net, x).items():
+            maps = maps[:, : self.max_channels].float().cpu()
+            if self.normalize == "layer":
+                maps = minmax(maps)
+            rows = [
+                [inputs[i]] + [to_rgb(minmax(c) if self.normalize == "channel" else c) for c in m]
+                for i, m in enumerate(maps)
+            ]
+            self.log_image(trainer, tile_grid(rows, self.tile_px), f"feature_maps/{name}", step)
+
+
+class KernelLogger(SnapshotLogger):
+    """Image `kernels/conv1`: the first conv's filters, zero = grey (RGB when the input is)."""
+
+    def __init__(self, every: int, tile_px: int) -> None:
+        super().__init__(every)
+        self.tile_px = tile_px
+
+    def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        blocks = conv_blocks(pl_module.net)
+        if not blocks:
+            return
+        name, block = next(iter(blocks.items()))
+        w = block.conv.weight.detach().float().cpu()
+        w = w / (2 * w.abs().max().clamp_min(1e-12)) + 0.5  # [-max, max] -> [0, 1]
+        tiles = [to_rgb(k if k.shape[0] == 3 else k[:1]) for k in w]
+        cols = math.ceil(math.sqrt(len(tiles)))
+        rows = [tiles[i : i + cols] for i in range(0, len(tiles), cols)]
+        self.log_image(trainer, tile_grid(rows, self.tile_px), f"kernels/{name}", step)
+
+
+class HealthLogger(L.Callback):
+    """Metrics `health/convN/{mean,std,dead_fraction|saturation,grad_norm}` each epoch: activations
+    on fixed validation images (eval mode), gradients of the epoch's last training batch."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+        self.grad_norms: dict[str, float] = {}
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if trainer.fit_loop.epoch_loop.batch_idx + 1 >= trainer.num_training_batches:
+            self.grad_norms = grad_norms(pl_module.net)  # the epoch's last batch only: cheap
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = network_health(pl_module.net, self.images.to(pl_module.device))
+        trainer.logger.log_metrics({**metrics, **self.grad_norms}, step=trainer.current_epoch)
+
+
+def minmax(t: torch.Tensor) -> torch.Tensor:
+    low, high = t.min(), t.max()
+    return (t - low) / (high - low).clamp_min(1e-12)
+
+
+def to_rgb(t: torch.Tensor) -> np.ndarray:
+    """C×H×W (C = 1 or 3) or H×W in [0, 1] -> H×W×3 float array (one channel: viridis)."""
+    t = t.clamp(0, 1)
+    if t.dim() == 3 and t.shape[0] == 3:
+        return t.permute(1, 2, 0).numpy()
+    return matplotlib.colormaps["viridis"](t.reshape(t.shape[-2:]).numpy())[..., :3]
+
+
+def tile_grid(rows: list[list[np.ndarray]], tile_px: int) -> np.ndarray:
+    """Rows of H×W×3 tiles -> one uint8 image; each tile is scaled (nearest neighbour) to the
+    largest tile's size, at least tile_px on its short side; 1 px white gaps."""
+    h = max(tile.shape[0] for row in rows for tile in row)
+    w = max(tile.shape[1] for row in rows for tile in row)
+    scale = max(1, math.ceil(tile_px / min(h, w)))
+    th, tw = h * scale, w * scale
+    cols = max(len(row) for row in rows)
+    grid = np.ones(((th + 1) * len(rows) - 1, (tw + 1) * cols - 1, 3))
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            ys = np.arange(th) * tile.shape[0] // th
+            xs = np.arange(tw) * tile.shape[1] // tw
+            grid[r * (th + 1) : r * (th + 1) + th, c * (tw + 1) : c * (tw + 1) + tw] = tile[ys][
+                :, xs
+            ]
+    return (grid * 255).round().astype(np.uint8)

@@ -1,0 +1,81 @@
+"""`model=orb_bovw`: the ORB bag-of-visual-words baseline as one MLflow run, like a CNN run."""
+
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from cnnexp import data, tracking
+from cnnexp.config import ConfigError, check_keys
+from cnnexp.features.bovw import BovwClassifier
+from cnnexp.features.orb import OrbSettings, keypoints_figure, matches_figure
+
+MODEL_KEYS = {"name", "activation", "orb", "vocab_size", "kmeans_sample"}
+
+
+def orb_settings(model: DictConfig, image_hw: tuple[int, int]) -> OrbSettings:
+    """OrbSettings from `model.orb`, checked for images of `image_hw`; ConfigError names the key."""
+    check_keys(model, "model", MODEL_KEYS)
+    orb = OmegaConf.to_container(model.orb, resolve=True)
+    check_keys(orb, "model.orb", OrbSettings.__dataclass_fields__)
+    for key in ("vocab_size", "kmeans_sample"):
+        if not isinstance(model[key], int) or model[key] < 2:
+            raise ConfigError(f"model.{key}={model[key]!r}: must be an integer >= 2")
+    settings = OrbSettings(**orb)
+    try:
+        settings.validate(image_hw)
+    except ConfigError as err:
+        raise ConfigError(f"model.{err}") from None
+    return settings
+
+
+def train_orb(cfg: DictConfig) -> float:
+    """Fit the ORB baseline on the train split, score train/val/test; return val_acc."""
+    from cnnexp.train import output_dir  # train.py dispatches here; import late, no cycle
+
+    dm = data.build(cfg.data)
+    settings = orb_settings(cfg.model, dm.input_shape[1:])  # before any run opens
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        (x.numpy(), y.numpy()) for x, y in (dm.train, dm.val, dm.test)
+    )
+    out = output_dir(cfg)
+    uri, experiment_id = tracking.ensure_experiment(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    tags = {"model": cfg.model.name, "data": cfg.data.name, "activation": cfg.model.activation}
+    tags["output_dir"] = str(out)
+    run_id = client.create_run(experiment_id, run_name=cfg.logger.run_name, tags=tags).info.run_id
+    with tracking.run_status(client, run_id):
+        tracking.log_params(client, run_id, tracking.flatten(cfg))
+        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        model = BovwClassifier(settings, cfg.model.vocab_size, cfg.model.kmeans_sample, cfg.seed)
+        model.fit(x_train, y_train)
+        facts = dict(model.facts)  # fit_* from the training images
+        acc = {
+            "train_acc": model.score(x_train, y_train),
+            "val_acc": model.score(x_val, y_val),
+            "test_acc": model.score(x_test, y_test),  # last: predict_seconds is the test split's
+        }
+        figure, matches = matches_figure(x_train[0], settings)
+        metrics = {
+            **acc,
+            "keypoints_per_image": facts["fit_keypoints_per_image"],
+            "no_keypoint_fraction": facts["fit_no_keypoint_fraction"],
+            "fit_seconds": facts["fit_seconds"],
+            "predict_seconds": model.facts["predict_seconds"],
+            "good_matches_crosscheck": matches["crosscheck"],
+            "good_matches_ratio": matches["ratio"],
+        }
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, float(value), step=0)
+        client.log_figure(run_id, keypoints_figure(x_train, settings), "orb/keypoints.png")
+        client.log_figure(run_id, figure, "orb/matches.png")
+
+    print(
+        f"\n{cfg.logger.run_name}: val_acc {acc['val_acc']:.4f}  test_acc {acc['test_acc']:.4f}  "
+        f"train_acc {acc['train_acc']:.4f}  keypoints/image {metrics['keypoints_per_image']:.1f}  "
+        f"no keypoints {metrics['no_keypoint_fraction']:.1%}  fit {metrics['fit_seconds']:.1f} s\n"
+        f"  MLflow run {run_id} in experiment {cfg.logger.experiment_name!r} at {uri}\n"
+        f"  compare runs: make ui  ->  http://127.0.0.1:5000/#/experiments/{experiment_id}"
+        f"/runs/{run_id}"
+    )
+    return acc["val_acc"]

@@ -1,0 +1,94 @@
+"""Insight callbacks: health on nets forced dead or saturated; a real run's MLflow record."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cnnexp import data
+from cnnexp.analysis.callbacks import build_callbacks, tile_grid
+from cnnexp.analysis.health import activation_health, network_health
+from cnnexp.config import ConfigError
+from tests.conftest import FAST, all_runs, compose_cfg, run_cli, store
+
+IMAGE = re.compile(r"images/(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+.*(?<!compressed)\.png$")
+
+
+def one_block_net(activation: nn.Module, weight: float, bias: float) -> nn.Sequential:
+    conv = nn.Conv2d(1, 4, 3, padding=1)
+    nn.init.constant_(conv.weight, weight)
+    nn.init.constant_(conv.bias, bias)
+    block = nn.Sequential(OrderedDict(conv=conv, act=activation))
+    return nn.Sequential(OrderedDict(features=nn.Sequential(OrderedDict(conv1=block))))
+
+
+def test_relu_block_with_large_negative_bias_is_dead() -> None:
+    net = one_block_net(nn.ReLU(), weight=0.01, bias=-100.0)
+    health = network_health(net, torch.randn(16, 1, 8, 8))
+    assert health["health/conv1/dead_fraction"] == pytest.approx(1.0)
+    assert health["health/conv1/mean"] == 0 and health["health/conv1/std"] == 0
+
+
+def test_healthy_relu_block_is_not_dead() -> None:
+    net = one_block_net(nn.ReLU(), weight=0.1, bias=0.0)
+    nn.init.normal_(net.features.conv1.conv.weight)
+    assert network_health(net, torch.randn(16, 1, 8, 8))["health/conv1/dead_fraction"] < 0.2
+
+
+@pytest.mark.parametrize("activation", [nn.Sigmoid(), nn.Tanh()])
+def test_huge_weights_saturate_sigmoid_and_tanh(activation: nn.Module) -> None:
+    net = one_block_net(activation, weight=0.0, bias=0.0)
+    nn.init.normal_(net.features.conv1.conv.weight, std=1000.0)
+    health = network_health(net, torch.randn(16, 1, 8, 8))
+    assert health["health/conv1/saturation"] > 0.9
+    assert "health/conv1/dead_fraction" not in health
+
+
+def test_small_tanh_activations_are_not_saturated() -> None:
+    assert activation_health(torch.full((2, 3, 4, 4), 0.5), nn.Tanh())["saturation"] == 0
+
+
+def test_tile_grid_scales_tiles_of_different_sizes_to_one() -> None:
+    rows = [[torch.rand(8, 8, 3).numpy(), torch.rand(4, 4, 3).numpy()]] * 2
+    image = tile_grid(rows, tile_px=16)
+    assert image.shape == (2 * 16 + 1, 2 * 16 + 1, 3) and image.dtype.name == "uint8"
+
+
+def test_analysis_none_gives_no_callbacks_and_bad_keys_are_config_errors(tmp_path) -> None:
+    cfg = compose_cfg("data=digits", "analysis=none", f"paths.output_dir={tmp_path}")
+    dm = data.build(cfg.data)
+    assert build_callbacks(cfg.analysis, dm, dm.input_shape) == []
+    cfg = compose_cfg("data=digits", "analysis.normalize=global", f"paths.output_dir={tmp_path}")
+    with pytest.raises(ConfigError, match="analysis.normalize"):
+        build_callbacks(cfg.analysis, dm, dm.input_shape)
+
+
+@pytest.mark.slow
+def test_two_epoch_run_logs_images_rf_and_health(out) -> None:
+    args = ("model=tiny", *FAST, "trainer.max_epochs=2", "data.train_size=300")
+    result = run_cli(*args, out=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = all_runs(out)
+    client, run_id = store(out), run.info.run_id
+    images = {
+        (m["key"], int(m["step"]))
+        for a in client.list_artifacts(run_id, "images")
+        if (m := IMAGE.match(a.path))
+    }
+    keys = ["erf", "kernels~conv1", "feature_maps~conv1", "feature_maps~conv2"]  # "/" -> "~"
+    assert images == {(key, step) for key in keys for step in (0, 2)}  # before training, last
+    metrics = run.data.metrics
+    assert metrics["receptive_field"] == 8  # conv3 (3), pool2 (4, jump 2), conv3 (4 + 2*2)
+    assert [m.step for m in client.get_metric_history(run_id, "erf_size")] == [0, 2]
+    for layer in ("conv1", "conv2"):
+        for stat in ("dead_fraction", "mean", "std", "grad_norm"):
+            history = client.get_metric_history(run_id, f"health/{layer}/{stat}")
+            assert [m.step for m in history] == [0, 1], (layer, stat)
+        assert 0 <= metrics[f"health/{layer}/dead_fraction"] <= 1
+    text = client.download_artifacts(run_id, "receptive_field.txt", str(out))
+    assert "features.conv2.conv" in Path(text).read_text()
