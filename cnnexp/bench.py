@@ -95,7 +95,8 @@ def main() -> None:
     for key, value in results.items():
         print(f"{key:>18}: {value:.3f}")
     print(
-        f"target: runner_vs_plain <= 1.10, analysis_vs_none <= 1.05, help_s <= 1.0 ({torch.get_num_threads()} threads)"
+        "target: runner_vs_plain <= 1.10, analysis_vs_none <= 1.05, help_s <= 1.0",
+        f"({torch.get_num_threads()} threads)",
     )
     out = repo_root() / "outputs" / "bench.json"
     out.parent.mkdir(exist_ok=True)
