@@ -20,6 +20,7 @@ from cnnexp.analysis.erf import (
     erf_size,
     last_spatial_layer,
 )
+from cnnexp.analysis.fit import FitDiagnosis
 from cnnexp.analysis.health import block_outputs, conv_blocks, grad_norms, network_health
 from cnnexp.analysis.receptive_field import format_table, receptive_fields, rf_at_last_spatial_layer
 from cnnexp.config import check_keys, one_of
@@ -60,6 +61,7 @@ def build_callbacks(
         ),
         KernelLogger(every, spec.get("tile_px", 32)),
         HealthLogger(datamodule.val[0][: spec.get("health_images", 128)]),
+        FitDiagnosis(),
     ]
 
 

@@ -1,0 +1,66 @@
+"""Fit diagnosis: the rule on synthetic learning curves; a real run's tag, metrics and figure."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnexp.analysis.fit import diagnose, generalization_loss
+from tests.conftest import FAST, all_runs, compose_cfg, run_cli, store
+
+
+def test_still_falling_validation_loss_is_underfit() -> None:
+    result = diagnose([2.0, 1.5, 1.2, 1.0], [2.1, 1.7, 1.4, 1.2])
+    assert (result.label, result.best_epoch, result.overfit_epochs) == ("underfit", 3, [])
+    assert result.generalization_gap == pytest.approx(0.2) and result.gl == 0
+
+
+def test_one_epoch_is_underfit() -> None:
+    assert diagnose([1.0], [1.1]).label == "underfit"
+
+
+def test_rising_validation_loss_while_training_loss_falls_is_overfit() -> None:
+    train = [1.0, 0.7, 0.5, 0.35, 0.25, 0.18]
+    val = [1.1, 0.8, 0.7, 0.72, 0.76, 0.85]  # best at epoch 2; GL 2.9, 8.6, 21.4 %
+    result = diagnose(train, val)
+    assert (result.label, result.best_epoch) == ("overfit", 2)
+    assert result.overfit_epochs == [4, 5]
+    assert result.gl == pytest.approx(100 * (0.85 / 0.7 - 1))
+    assert result.generalization_gap == pytest.approx(0.2)
+
+
+def test_levelled_off_validation_loss_is_good_fit() -> None:
+    val = [1.0, 0.6, 0.45, 0.40, 0.401, 0.399]  # best last, but fell only 0.5 % in that epoch
+    result = diagnose([0.9, 0.55, 0.42, 0.38, 0.37, 0.37], val)
+    assert (result.label, result.best_epoch) == ("good fit", 5)
+    assert diagnose([0.9, 0.5, 0.4, 0.4], [1.0, 0.5, 0.49, 0.5]).label == "good fit"
+
+
+def test_generalization_loss_is_relative_to_the_best_so_far() -> None:
+    assert generalization_loss([2.0, 1.0, 1.5, 0.5]).tolist() == pytest.approx([0, 0, 50, 0])
+
+
+def test_unequal_curves_are_rejected() -> None:
+    with pytest.raises(ValueError, match="equally long"):
+        diagnose([1.0, 0.5], [1.0])
+
+
+def test_early_stopping_callbacks_keep_the_checkpoint() -> None:
+    callbacks = compose_cfg("callbacks=early_stopping").callbacks
+    assert set(callbacks) == {"model_checkpoint", "early_stopping"}
+    assert callbacks.early_stopping.monitor == "val_loss" and callbacks.early_stopping.mode == "min"
+
+
+@pytest.mark.slow
+def test_three_epoch_run_logs_fit_diagnosis(out) -> None:
+    args = ("model=tiny", *FAST, "trainer.max_epochs=3", "data.train_size=300")
+    result = run_cli(*args, "callbacks=early_stopping", out=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = all_runs(out)
+    assert run.data.tags["fit_diagnosis"] in {"underfit", "good fit", "overfit"}
+    client, run_id = store(out), run.info.run_id
+    val_loss = {m.step: m.value for m in client.get_metric_history(run_id, "val_loss")}
+    assert sorted(val_loss) == [0, 1, 2]  # one value per epoch, steps are epoch indices
+    assert run.data.metrics["best_epoch"] == min(val_loss, key=val_loss.get)
+    assert "generalization_gap" in run.data.metrics
+    paths = {a.path for a in client.list_artifacts(run_id)}
+    assert "learning_curve.png" in paths
