@@ -81,8 +81,7 @@ def train(cfg: DictConfig) -> float:
 
     client, run_id = logger.experiment, logger.run_id  # opens the run
     with tracking.run_status(client, run_id):
-        tracking.log_params(client, run_id, tracking.flatten(cfg))
-        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        tracking.log_config(client, run_id, cfg)
         facts = {"n_params": n_params(net), "flops_per_image": flops_per_image(net, dm.input_shape)}
         logger.log_metrics(facts, step=0)
         start = time.perf_counter()

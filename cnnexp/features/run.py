@@ -45,8 +45,7 @@ def train_orb(cfg: DictConfig) -> float:
     tags["output_dir"] = str(out)
     run_id = client.create_run(experiment_id, run_name=cfg.logger.run_name, tags=tags).info.run_id
     with tracking.run_status(client, run_id):
-        tracking.log_params(client, run_id, tracking.flatten(cfg))
-        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        tracking.log_config(client, run_id, cfg)
         model = BovwClassifier(settings, cfg.model.vocab_size, cfg.model.kmeans_sample, cfg.seed)
         model.fit(x_train, y_train)
         facts = dict(model.facts)  # fit_* from the training images

@@ -3,9 +3,17 @@
 from cnnexp.tracking.mlflow_run import (
     ensure_experiment,
     flatten,
+    log_config,
     log_params,
     resolve_tracking_uri,
     run_status,
 )
 
-__all__ = ["ensure_experiment", "flatten", "log_params", "resolve_tracking_uri", "run_status"]
+__all__ = [
+    "ensure_experiment",
+    "flatten",
+    "log_config",
+    "log_params",
+    "resolve_tracking_uri",
+    "run_status",
+]

@@ -86,6 +86,12 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> 
         client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
 
 
+def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
+    """The composed config as flattened params and as the artifact `config.yaml`."""
+    log_params(client, run_id, flatten(cfg))
+    client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+
 @contextmanager
 def run_status(client: MlflowClient, run_id: str) -> Iterator[None]:
     """End the run FINISHED, FAILED (error text as tag `error`) or KILLED (Ctrl-C / SIGTERM)."""
