@@ -15,7 +15,7 @@ from torch import nn
 from cnnexp import data, models
 from cnnexp.analysis.receptive_field import receptive_fields
 from cnnexp.config import ConfigError
-from cnnexp.models.facts import flop_counts, n_params
+from cnnexp.models.facts import flop_counts, flops_per_image, n_params
 
 TORCHVISION_SHAPE = (3, 224, 224)
 
@@ -44,7 +44,7 @@ def inspect(cfg: DictConfig) -> list[LayerRow]:
         title = f"{cfg.model.name} on {cfg.data.name}"
     rows = layer_rows(net, input_shape)
     print(f"{title}: input {'x'.join(map(str, input_shape))}\n{format_rows(rows)}")
-    flops = flop_counts(net, input_shape).get("Global", 0)
+    flops = flops_per_image(net, input_shape)
     print(f"total: params {n_params(net):,}  FLOPs/image {flops:,} ({flops / 1e6:.2f} M)")
     return rows
 

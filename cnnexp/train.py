@@ -69,12 +69,7 @@ def train(cfg: DictConfig) -> float:
         run_name=cfg.logger.run_name,
         tracking_uri=uri,
         log_model=cfg.logger.log_checkpoint,
-        tags={
-            "model": cfg.model.name,
-            "data": cfg.data.name,
-            "activation": cfg.model.activation,
-            "output_dir": str(out),
-        },
+        tags=tracking.run_tags(cfg, out),
     )
     insight = build_callbacks(cfg.get("analysis"), dm, dm.input_shape)
     trainer = make_trainer(cfg, logger, out, insight)  # a bad flag fails here, before a run opens
@@ -100,10 +95,6 @@ def train(cfg: DictConfig) -> float:
     print(
         f"\n{cfg.logger.run_name}: val_acc {best_val:.4f} (best)  test_acc {test_acc:.4f}  "
         f"params {facts['n_params']:,}  FLOPs/image {facts['flops_per_image'] / 1e6:.2f} M  "
-        f"fit {fit_seconds:.1f} s\n"
-        f"  MLflow run {run_id} in experiment {cfg.logger.experiment_name!r} at {uri}\n"
-        f"  outputs in {out}\n"
-        f"  compare runs: make ui  ->  http://127.0.0.1:5000/#/experiments/{experiment_id}"
-        f"/runs/{run_id}"
+        f"fit {fit_seconds:.1f} s\n" + tracking.where_text(cfg, uri, experiment_id, run_id, out)
     )
     return best_val

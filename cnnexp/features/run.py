@@ -41,8 +41,7 @@ def train_orb(cfg: DictConfig) -> float:
     out = output_dir(cfg)
     uri, experiment_id = tracking.ensure_experiment(cfg)
     client = MlflowClient(tracking_uri=uri)
-    tags = {"model": cfg.model.name, "data": cfg.data.name, "activation": cfg.model.activation}
-    tags["output_dir"] = str(out)
+    tags = tracking.run_tags(cfg, out)
     run_id = client.create_run(experiment_id, run_name=cfg.logger.run_name, tags=tags).info.run_id
     with tracking.run_status(client, run_id):
         tracking.log_config(client, run_id, cfg)
@@ -73,8 +72,6 @@ def train_orb(cfg: DictConfig) -> float:
         f"\n{cfg.logger.run_name}: val_acc {acc['val_acc']:.4f}  test_acc {acc['test_acc']:.4f}  "
         f"train_acc {acc['train_acc']:.4f}  keypoints/image {metrics['keypoints_per_image']:.1f}  "
         f"no keypoints {metrics['no_keypoint_fraction']:.1%}  fit {metrics['fit_seconds']:.1f} s\n"
-        f"  MLflow run {run_id} in experiment {cfg.logger.experiment_name!r} at {uri}\n"
-        f"  compare runs: make ui  ->  http://127.0.0.1:5000/#/experiments/{experiment_id}"
-        f"/runs/{run_id}"
+        + tracking.where_text(cfg, uri, experiment_id, run_id, out)
     )
     return acc["val_acc"]

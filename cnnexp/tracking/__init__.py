@@ -7,6 +7,8 @@ from cnnexp.tracking.mlflow_run import (
     log_params,
     resolve_tracking_uri,
     run_status,
+    run_tags,
+    where_text,
 )
 
 __all__ = [
@@ -16,4 +18,6 @@ __all__ = [
     "log_params",
     "resolve_tracking_uri",
     "run_status",
+    "run_tags",
+    "where_text",
 ]

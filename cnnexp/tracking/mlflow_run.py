@@ -86,6 +86,26 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> 
         client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
 
 
+def run_tags(cfg: DictConfig, out: Path) -> dict[str, str]:
+    """Tags every run carries, so the UI can filter and group runs."""
+    return {
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "activation": str(cfg.model.activation),
+        "output_dir": str(out),
+    }
+
+
+def where_text(cfg: DictConfig, uri: str, experiment_id: str, run_id: str, out: Path) -> str:
+    """The summary lines telling where a finished run is and how to open it."""
+    return (
+        f"  MLflow run {run_id} in experiment {cfg.logger.experiment_name!r} at {uri}\n"
+        f"  outputs in {out}\n"
+        f"  compare runs: make ui  ->  http://127.0.0.1:5000/#/experiments/{experiment_id}"
+        f"/runs/{run_id}"
+    )
+
+
 def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
     """The composed config as flattened params and as the artifact `config.yaml`."""
     log_params(client, run_id, flatten(cfg))
