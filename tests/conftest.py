@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from cnnexp.config import register_resolvers
+from tests.mlflow_server import mlflow_server  # noqa: F401  (fixture: a real `mlflow server`)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -29,6 +31,22 @@ def compose_cfg(*overrides: str) -> DictConfig:
     register_resolvers()
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+def compose_job_cfg(out: Path, *overrides: str) -> DictConfig:
+    """compose_cfg plus what a real job has: HydraConfig set (for `${hydra:...}`), its output
+    dir under `out`; so train(cfg) runs in-process as the CLI would run it."""
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config", overrides=[*overrides, f"paths.output_dir={out}"], return_hydra_config=True
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out / "runs" / "in-process")
+        cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        del cfg["hydra"]
+    return cfg
 
 
 def run_cli(*args: str, out: Path, env: dict | None = None, timeout: int = 300):
@@ -56,3 +74,10 @@ def all_runs(out: Path) -> list:
 @pytest.fixture
 def out(tmp_path: Path) -> Path:
     return tmp_path / "outputs"
+
+
+@pytest.fixture
+def compose_job(out: Path):
+    """compose_job_cfg for this test's `out`; HydraConfig is unset again afterwards."""
+    yield lambda *overrides: compose_job_cfg(out, *overrides)
+    HydraConfig.instance().cfg = None

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from urllib.parse import urlparse
 
+from filelock import FileLock
 from mlflow.entities import Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from cnnexp import sweeps
 from cnnexp.config import ConfigError
 
 log = logging.getLogger(__name__)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # UI: "Model training"
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+PROBE_SECONDS = 5  # an http(s) tracking server must answer /health within this
 
 
 def resolve_tracking_uri(cfg: DictConfig) -> str:
@@ -26,8 +33,44 @@ def resolve_tracking_uri(cfg: DictConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.logger.tracking_uri)
 
 
+def _uri_key() -> str:
+    """The setting the tracking URI came from, to name it in errors."""
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "logger.tracking_uri"
+
+
 def _is_local(uri: str) -> bool:
     return urlparse(uri).scheme in ("sqlite", "file", "")
+
+
+def _why_unreachable(err: BaseException) -> str:
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, TimeoutError):
+        return f"no answer within {PROBE_SECONDS:g} s"
+    if isinstance(err, OSError) and err.strerror:  # unknown host, no route, reset ...
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
+def check_server_reachable(uri: str, key: str) -> None:
+    """Fail fast when an http(s) tracking server does not answer one GET of <uri>/health
+    (MLflow's own client retries for minutes). Any HTTP answer below 500 counts as alive."""
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS).close()
+        return
+    except urllib.error.HTTPError as err:
+        if err.code < 500:
+            return  # e.g. 401 behind a proxy: the client's own error is the precise one
+        reason = f"HTTP {err.code} {err.reason}"
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, ssl.SSLError):
+            return  # a TLS server answered; MLflow's client applies its own TLS settings
+        reason = _why_unreachable(err.reason)
+    except OSError as err:  # timeout or reset while reading the answer
+        reason = _why_unreachable(err)
+    raise ConfigError(f"{key}: cannot reach MLflow server {uri} ({reason})")
 
 
 def _experiment_id(client: MlflowClient, name: str, artifact_root: str | None) -> str:
@@ -51,19 +94,24 @@ def _experiment_id(client: MlflowClient, name: str, artifact_root: str | None) -
 def ensure_experiment(cfg: DictConfig) -> tuple[str, str]:
     """Find or create `logger.experiment_name` (artifacts pinned under outputs/ for a local
     store); return (tracking_uri, experiment_id). Opens no run."""
-    uri = resolve_tracking_uri(cfg)
+    uri, key = resolve_tracking_uri(cfg), _uri_key()
+    check_server_reachable(uri, key)
     local = _is_local(uri)
+    lock = nullcontext()
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{db}.lock")  # parallel jobs, new store: one creates the tables at a time
     try:
-        return uri, _experiment_id(
-            MlflowClient(tracking_uri=uri),
-            cfg.logger.experiment_name,
-            str(cfg.logger.artifact_root) if local else None,
-        )
+        with lock:
+            return uri, _experiment_id(
+                MlflowClient(tracking_uri=uri),
+                cfg.logger.experiment_name,
+                str(cfg.logger.artifact_root) if local else None,
+            )
     except MlflowException as err:
         raise ConfigError(
-            f"logger.tracking_uri: cannot use MLflow store {uri} ({str(err).splitlines()[0][:200]})"
+            f"{key}: cannot use MLflow store {uri} ({str(err).splitlines()[0][:200]})"
         ) from None
 
 
@@ -87,13 +135,14 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> 
 
 
 def run_tags(cfg: DictConfig, out: Path) -> dict[str, str]:
-    """Tags every run carries, so the UI can filter and group runs."""
+    """Tags every run carries, so the UI can filter and group runs (`sweep_id`: jobs of one -m)."""
+    sweep = sweeps.sweep_id()
     return {
         "model": cfg.model.name,
         "data": cfg.data.name,
         "activation": str(cfg.model.activation),
         "output_dir": str(out),
-    }
+    } | ({"sweep_id": sweep} if sweep else {})
 
 
 def where_text(cfg: DictConfig, uri: str, experiment_id: str, run_id: str, out: Path) -> str:
@@ -107,19 +156,26 @@ def where_text(cfg: DictConfig, uri: str, experiment_id: str, run_id: str, out: 
 
 
 def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
-    """The composed config as flattened params and as the artifact `config.yaml`."""
-    log_params(client, run_id, flatten(cfg))
+    """The composed config as flattened params (less the settings of other tasks) and as the
+    artifact `config.yaml`."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    for other_task in ("report", "inspect_model"):
+        values.pop(other_task, None)
+    log_params(client, run_id, flatten(values))
     client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
 
 @contextmanager
-def run_status(client: MlflowClient, run_id: str) -> Iterator[None]:
-    """End the run FINISHED, FAILED (error text as tag `error`) or KILLED (Ctrl-C / SIGTERM)."""
+def run_status(client: MlflowClient, run_id: str, on_interrupt: str = "") -> Iterator[None]:
+    """End the run FINISHED, FAILED (error text as tag `error`) or KILLED (Ctrl-C / SIGTERM,
+    then `on_interrupt` is printed: how to continue)."""
     try:
         yield
-    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into sys.exit(1)
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
-        log.warning("run %s interrupted: marked KILLED", run_id)
+    except (KeyboardInterrupt, SystemExit) as err:  # Lightning: Ctrl-C -> sys.exit(1), SIGTERM ->
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))  # SIGTERMException
+        log.warning("run %s interrupted: marked KILLED. %s", run_id, on_interrupt)
+        if isinstance(err, SystemExit) and not err.code:  # SIGTERM: exit as killed by it
+            raise SystemExit(128 + signal.SIGTERM) from err
         raise
     except BaseException as err:
         client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
