@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnexp import data
 from cnnexp.config import ConfigError, check_keys, one_of
 
-TASKS = ("train", "inspect")
+TASKS = ("train", "inspect", "report")
 TOP_KEYS = {
     "defaults",
     "task",
@@ -25,6 +25,8 @@ TOP_KEYS = {
     "logger",
     "callbacks",
     "analysis",
+    "report",  # task=report: which runs to compare (cnnexp/report/)
+    "resume",  # a checkpoint path or MLflow run id to continue (cnnexp/resume.py)
     "inspect_model",  # task=inspect +inspect_model=resnet18: a torchvision model
 }
 

@@ -1,0 +1,70 @@
+"""The report as Markdown and as one self-contained HTML page (figures embedded as base64)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnnexp.report.table import COLUMN_NOTES, Table
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+    "table{border-collapse:collapse;font-size:14px}"
+    "th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
+    "th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}"
+    "p.small{font-size:13px;color:#555;max-width:60em}img{max-width:100%}"
+)
+
+
+@dataclass(frozen=True)
+class Page:
+    title: str
+    notes: list[str]  # paragraphs above the table
+    table: Table
+    figures: dict[str, str] = field(default_factory=dict)  # file name -> caption
+
+
+def markdown_table(table: Table) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", r"\|").replace("\n", " ") for c in cells) + " |"
+
+    rule = ["---:" if numeric else "---" for numeric in table.numeric]
+    return "\n".join([line(table.header), "|" + "|".join(rule) + "|", *map(line, table.rows)])
+
+
+def markdown_page(page: Page) -> str:
+    parts = [f"# {page.title}", *page.notes, markdown_table(page.table), COLUMN_NOTES]
+    parts += [f"## {caption}\n\n![{caption}]({name})" for name, caption in page.figures.items()]
+    return "\n\n".join(parts) + "\n"
+
+
+def html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="num">{html.escape(c)}</td>' if numeric else f"<td>{html.escape(c)}</td>"
+            for c, numeric in zip(row, table.numeric, strict=True)
+        )
+        + "</tr>\n"
+        for row in table.rows
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>"
+
+
+def html_page(page: Page, folder: Path) -> str:
+    """The page with each figure read from `folder` and embedded, so the file stands alone."""
+    figures = "".join(
+        f"<h2>{html.escape(caption)}</h2>\n<img alt='{html.escape(caption)}' src='data:image/png;"
+        f"base64,{base64.b64encode((folder / name).read_bytes()).decode()}'>\n"
+        for name, caption in page.figures.items()
+    )
+    notes = "".join(f"<p>{html.escape(note)}</p>\n" for note in page.notes)
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(page.title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        f"<h1>{html.escape(page.title)}</h1>\n{notes}{html_table(page.table)}\n"
+        f"<p class='small'>{html.escape(COLUMN_NOTES)}</p>\n{figures}</body></html>\n"
+    )
