@@ -29,6 +29,7 @@ SHAPES = {
     "mnist5k": (1, 28, 28),
     "digits": (1, 8, 8),
     "shapes": (1, 32, 32),
+    "shapes_pair": (1, 32, 32),
     "mnist": (1, 28, 28),
     "fashion_mnist": (1, 28, 28),
     "cifar10": (3, 32, 32),

@@ -1,4 +1,5 @@
-"""Synthetic shapes: one filled shape per image at a random place, size, angle and brightness."""
+"""Synthetic shapes: one filled shape per image (`draw_shapes`), or two small marks far apart
+whose label says whether they are the same shape (`draw_shape_pairs`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 import torch
+
+from cnnexp.config import ConfigError
 
 Painter = Callable[
     [np.ndarray, np.ndarray, float, float, int], None
@@ -60,3 +63,60 @@ def draw_shapes(
     noisy = images + rng.normal(0, noise * 255, images.shape)
     x = torch.from_numpy(np.clip(noisy, 0, 255).astype(np.uint8)).unsqueeze(1)
     return x, torch.from_numpy(labels).long()
+
+
+def draw_shape_pairs(
+    n_samples: int,
+    image_size: int,
+    marks: Sequence[str],
+    mark_size: int,
+    distance: int,
+    seed: int,
+    noise: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images N×1×S×S holding two marks `distance` px apart, centre to centre, along a
+    random axis (horizontal or vertical), at a random place; label 1 if both marks are the same
+    shape, else 0 (half each). No unit whose receptive field misses one mark can tell them."""
+    check_pair_layout(marks, mark_size, distance, image_size)
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n_samples) % 2)
+    images = np.zeros((n_samples, image_size, image_size), np.uint8)
+    radius = (mark_size - 1) / 2  # pixels c - r .. c + r
+    for img, same in zip(images, labels, strict=True):
+        first = int(rng.integers(len(marks)))
+        others = [k for k in range(len(marks)) if k != first]
+        second = first if same else int(rng.choice(others))
+        step = np.roll([distance * rng.choice([-1, 1]), 0], rng.integers(2))  # axis, direction
+        low = radius + np.maximum(0, -step)
+        start = rng.uniform(low, image_size - 1 - radius - np.maximum(0, step))
+        for kind, centre in ((first, start), (second, start + step)):
+            value = int(rng.integers(128, 256))  # brightness says nothing about the shape
+            SHAPES[marks[kind]](img, centre, radius, 0.0, value)
+    noisy = images + rng.normal(0, noise * 255, images.shape)
+    x = torch.from_numpy(np.clip(noisy, 0, 255).astype(np.uint8)).unsqueeze(1)
+    return x, torch.from_numpy(labels).long()
+
+
+def check_pair_layout(marks: Sequence[str], mark_size: int, distance: int, size: int) -> None:
+    """ConfigError unless marks are 2+ known shapes and two fit `distance` apart in the image."""
+    if not (isinstance(marks, list | tuple) and len(marks) >= 2 and len(set(marks)) == len(marks)):
+        raise ConfigError(f"data.marks: {marks!r} is not allowed (allowed: 2+ distinct shapes)")
+    unknown = [m for m in marks if m not in SHAPES]
+    if unknown:
+        raise ConfigError(
+            f"data.marks: unknown shape {unknown[0]!r} (allowed: {', '.join(sorted(SHAPES))})"
+        )
+    if isinstance(mark_size, bool) or not isinstance(mark_size, int) or mark_size < 3:
+        raise ConfigError(
+            f"data.mark_size: {mark_size!r} is not allowed (allowed: an integer >= 3)"
+        )
+    most = size - mark_size  # both marks inside the image
+    if (
+        isinstance(distance, bool)
+        or not isinstance(distance, int)
+        or not mark_size < distance <= most
+    ):
+        raise ConfigError(
+            f"data.distance: {distance!r} is not allowed (allowed: an integer in "
+            f"({mark_size}, {most}]: more than data.mark_size apart, both inside the image)"
+        )

@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 from torchvision import datasets
 
 from cnnexp.config import ConfigError
-from cnnexp.data.shapes import draw_shapes
+from cnnexp.data.shapes import draw_shape_pairs, draw_shapes
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,23 @@ def shapes(
     """Synthetic shapes drawn with OpenCV (see cnnexp.data.shapes)."""
     x, y = draw_shapes(n_samples, image_size, classes, generator_seed, noise)
     return Raw(x, y, list(classes))
+
+
+@register("shapes_pair")
+def shapes_pair(
+    n_samples: int,
+    image_size: int,
+    marks: Sequence[str],
+    mark_size: int,
+    distance: int,
+    generator_seed: int,
+    noise: float,
+) -> Raw:
+    """Two marks `distance` px apart; label: same shape or not (see cnnexp.data.shapes)."""
+    x, y = draw_shape_pairs(
+        n_samples, image_size, marks, mark_size, distance, generator_seed, noise
+    )
+    return Raw(x, y, ["different", "same"])
 
 
 @register("mnist", official_test=True)
