@@ -1,5 +1,7 @@
 """Callbacks that tests plug into real runs through the CLI (`+callbacks.x._target_=...`)."""
 
+import time
+
 import lightning as L
 
 
@@ -12,3 +14,13 @@ class FailAtEpoch(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             raise RuntimeError(f"planned failure at epoch {self.epoch}")
+
+
+class SleepPerBatch(L.Callback):
+    """Slow training down, so a test can signal the process while it is inside an epoch."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args) -> None:
+        time.sleep(self.seconds)

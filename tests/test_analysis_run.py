@@ -12,6 +12,7 @@ from torch import nn
 
 from cnnexp import data
 from cnnexp.analysis.callbacks import build_callbacks, tile_grid
+from cnnexp.analysis.fit import FitDiagnosis
 from cnnexp.analysis.health import activation_health, network_health
 from cnnexp.config import ConfigError
 from tests.conftest import FAST, all_runs, compose_cfg, run_cli, store
@@ -59,10 +60,13 @@ def test_tile_grid_scales_tiles_of_different_sizes_to_one() -> None:
     assert image.shape == (2 * 16 + 1, 2 * 16 + 1, 3) and image.dtype.name == "uint8"
 
 
-def test_analysis_none_gives_no_callbacks_and_bad_keys_are_config_errors(tmp_path) -> None:
+def test_analysis_none_keeps_only_the_fit_diagnosis_and_bad_keys_are_config_errors(
+    tmp_path,
+) -> None:
     cfg = compose_cfg("data=digits", "analysis=none", f"paths.output_dir={tmp_path}")
     dm = data.build(cfg.data)
-    assert build_callbacks(cfg.analysis, dm, dm.input_shape) == []
+    [only] = build_callbacks(cfg.analysis, dm, dm.input_shape)
+    assert isinstance(only, FitDiagnosis)
     cfg = compose_cfg("data=digits", "analysis.normalize=global", f"paths.output_dir={tmp_path}")
     with pytest.raises(ConfigError, match="analysis.normalize"):
         build_callbacks(cfg.analysis, dm, dm.input_shape)

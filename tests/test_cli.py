@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -49,48 +47,6 @@ def test_multirun_gives_one_run_per_job_and_loads_data_once(out) -> None:
     assert log.count("data mnist5k: loaded") == 1 and log.count("reused from cache") == 1
 
 
-BAD_INPUTS = [
-    (["model.activation=swish"], "model.activation: unknown value 'swish'"),
-    (["model.blocks=[{conv:0,channels:8}]"], "model.blocks[0].conv: 0 is not allowed"),
-    (["model.blocks=[{conv:4,channels:8}]"], "kernel 4 is even"),
-    (["model.blocks=[{conv:3,channels:-2}]"], "model.blocks[0].channels: -2"),
-    (
-        [
-            "data=digits",
-            "model.blocks=[{conv:3,channels:4},{pool:max},{pool:max},{pool:max},{pool:max}]",
-        ],
-        "model.blocks[4]: ",
-    ),
-    (["data.name=imagenet"], "data.name: unknown value 'imagenet'"),
-    (["data=image_folder"], "data.path"),
-    (["data=image_folder", "data.path=/no/such/folder"], "data.path"),
-    (["data=mnist", "data.download=false"], "data.root"),
-    (["data=mnist", "data.download=true"], "data.root"),
-    (["trainer.max_epohcs=3"], None),  # Hydra's own error for an unknown key
-    (["+trainer.max_epohcs=3"], "trainer.max_epohcs: unknown key"),
-    (["optimizer.momentm=0.9"], None),
-    (["+optimizer.momentm=0.9"], "optimizer.momentm: unknown key"),
-    (["model=resnet9000"], "Could not find 'model/resnet9000'"),
-]
-
-
-@pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS)
-def test_bad_input_gives_one_line_and_opens_no_run(overrides, message, out) -> None:
-    result = (
-        run_cli(*overrides, *FAST, f"data.root={out}/data", out=out)
-        if "data=mnist" in overrides
-        else run_cli(*overrides, *FAST, out=out)
-    )
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    ours = [line for line in result.stderr.splitlines() if line.startswith("cnnexp: error:")]
-    if message is not None and not message.startswith("Could not"):
-        assert len(ours) == 1 and message in ours[0], result.stderr[-2000:]
-    elif message is not None:  # Hydra's own message for an unknown option lists the options
-        assert message in result.stderr
-    assert [r.info.status for r in all_runs(out) if r.info.status == "RUNNING"] == []
-
-
 def test_failure_inside_training_ends_failed_with_the_error(out) -> None:
     result = run_cli(
         "model=tiny",
@@ -103,36 +59,6 @@ def test_failure_inside_training_ends_failed_with_the_error(out) -> None:
     [run] = all_runs(out)
     assert run.info.status == "FAILED"
     assert "planned failure at epoch 0" in run.data.tags["error"]
-
-
-def test_ctrl_c_marks_the_run_killed(out) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "cnnexp",
-        f"paths.output_dir={out}",
-        "model=stacked3x3",
-        "trainer=cpu",
-        "trainer.max_epochs=50",
-        "trainer.enable_progress_bar=false",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # the first epoch's checkpoint (files, not the db)
-            if list(out.glob("runs/*/*/checkpoints/*.ckpt")):
-                break
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode != 0
-    [run] = all_runs(out)
-    assert run.info.status == "KILLED", output[-2000:]
-    assert store(out).get_metric_history(run.info.run_id, "val_acc"), "epoch 0 was logged"
 
 
 def test_help_is_fast_path_without_torch() -> None:
@@ -151,7 +77,8 @@ def test_help_is_fast_path_without_torch() -> None:
 
 
 def test_same_seed_twice_gives_identical_val_loss_history(out) -> None:
-    args = ("model=tiny", *FAST, "trainer.max_epochs=3", "seed=7", "data.augment.enabled=true")
+    args = ("model=tiny", "data=digits", "analysis=none", *FAST, "trainer.max_epochs=3", "seed=7")
+    args += ("data.augment.enabled=true",)
     for _ in range(2):
         assert run_cli(*args, out=out).returncode == 0
     client = store(out)

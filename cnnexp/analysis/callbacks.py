@@ -41,11 +41,12 @@ NORMALIZE = ("channel", "layer")
 def build_callbacks(
     cfg: DictConfig, datamodule: L.LightningDataModule, input_shape: tuple[int, int, int]
 ) -> list[L.Callback]:
-    """The analysis callbacks `cfg` (the `analysis` group) asks for; [] when disabled."""
+    """The analysis callbacks `cfg` (the `analysis` group) asks for; only the (cheap) fit
+    diagnosis when disabled."""
     spec = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
     check_keys(spec, "analysis", KEYS)
     if not spec.get("enabled", False):
-        return []
+        return [FitDiagnosis()]
     one_of(spec.get("normalize", "channel"), "analysis.normalize", NORMALIZE)
     every = spec.get("every_n_epochs", 2)
     images = datamodule.val[0][: spec.get("n_images", 4)]

@@ -80,25 +80,31 @@ def learning_curve_figure(history: dict[str, list[float]], diagnosis: Diagnosis)
     return fig
 
 
+def stored_history(client, run_id: str) -> dict[str, list[float]]:
+    """The run's per-epoch curves as logged (one value per step, the last one logged wins),
+    so a resumed run is diagnosed on all its epochs."""
+    history = {}
+    for name in CURVES:
+        by_step = {
+            m.step: m.value
+            for m in sorted(
+                client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp)
+            )
+        }
+        history[name] = [by_step[step] for step in sorted(by_step)]
+    return history
+
+
 class FitDiagnosis(L.Callback):
     """At fit end: tag `fit_diagnosis`, metrics `best_epoch` and `generalization_gap`, the
-    learning curves as artifact `learning_curve.png`."""
-
-    def __init__(self) -> None:
-        self.history: dict[str, list[float]] = {name: [] for name in CURVES}
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = trainer.callback_metrics  # validation ran before this hook, within the epoch
-        if "train_loss" in metrics and "val_loss" in metrics:
-            for name in CURVES:
-                if name in metrics:
-                    self.history[name].append(float(metrics[name]))
+    learning curves (read back from the run) as artifact `learning_curve.png`."""
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.history["val_loss"]:
-            return
-        diagnosis = diagnose(self.history["train_loss"], self.history["val_loss"])
         client, run_id = trainer.logger.experiment, trainer.logger.run_id
+        history = stored_history(client, run_id)
+        if not history["val_loss"] or len(history["train_loss"]) != len(history["val_loss"]):
+            return  # no full epoch (e.g. interrupted in the first one)
+        diagnosis = diagnose(history["train_loss"], history["val_loss"])
         client.set_tag(run_id, "fit_diagnosis", diagnosis.label)
         trainer.logger.log_metrics(
             {
@@ -107,6 +113,4 @@ class FitDiagnosis(L.Callback):
             },
             step=0,
         )
-        client.log_figure(
-            run_id, learning_curve_figure(self.history, diagnosis), "learning_curve.png"
-        )
+        client.log_figure(run_id, learning_curve_figure(history, diagnosis), "learning_curve.png")

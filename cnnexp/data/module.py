@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
+    DistributedSampler,
     RandomSampler,
-    Sampler,
     SequentialSampler,
     TensorDataset,
 )
@@ -47,6 +47,14 @@ def random_affine(x: torch.Tensor, aug: Augment) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)  # edges: background
 
 
+class EpochBatchSampler(BatchSampler):
+    """A BatchSampler that passes Lightning's set_epoch on (a DistributedSampler reshuffles)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+
+
 class TensorDataModule(L.LightningDataModule):
     """Train/val/test tensors held in memory; optional augmentation of training batches."""
 
@@ -62,9 +70,7 @@ class TensorDataModule(L.LightningDataModule):
         self.augment = augment
 
     def train_dataloader(self) -> DataLoader:
-        data = TensorDataset(*self.train)
-        order = torch.Generator().manual_seed(torch.initial_seed())  # set by seed_everything
-        return self._batches(data, RandomSampler(data, generator=order))
+        return self._batches(TensorDataset(*self.train), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._batches(TensorDataset(*self.val))
@@ -72,10 +78,22 @@ class TensorDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._batches(TensorDataset(*self.test))
 
-    def _batches(self, data: TensorDataset, order: Sampler | None = None) -> DataLoader:
-        """Each step indexes the tensors once with a list of positions: no per-image collation."""
-        sampler = BatchSampler(order or SequentialSampler(data), self.batch_size, drop_last=False)
-        return DataLoader(data, sampler=sampler, batch_size=None)
+    def _batches(self, data: TensorDataset, shuffle: bool = False) -> DataLoader:
+        """Each step indexes the tensors once with a list of positions: no per-image collation.
+        Under DDP each process gets its own shard (DistributedSampler; Lightning's own sampler
+        swap is off: trainer.use_distributed_sampler=false, it would unbatch these loaders)."""
+        seed = torch.initial_seed()  # set by seed_everything
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1:
+            rank = self.trainer.global_rank
+            order = DistributedSampler(data, world, rank, shuffle=shuffle, seed=seed)
+        elif shuffle:
+            order = RandomSampler(data, generator=torch.Generator().manual_seed(seed))
+        else:
+            order = SequentialSampler(data)
+        return DataLoader(
+            data, sampler=EpochBatchSampler(order, self.batch_size, False), batch_size=None
+        )
 
     def on_after_batch_transfer(self, batch: Split, dataloader_idx: int) -> Any:
         if self.augment is None or self.trainer is None or not self.trainer.training:

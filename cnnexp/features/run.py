@@ -33,13 +33,13 @@ def train_orb(cfg: DictConfig) -> float:
     """Fit the ORB baseline on the train split, score train/val/test; return val_acc."""
     from cnnexp.train import output_dir  # train.py dispatches here; import late, no cycle
 
+    uri, experiment_id = tracking.ensure_experiment(cfg)  # an unusable store stops us here
     dm = data.build(cfg.data)
     settings = orb_settings(cfg.model, dm.input_shape[1:])  # before any run opens
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         (x.numpy(), y.numpy()) for x, y in (dm.train, dm.val, dm.test)
     )
     out = output_dir(cfg)
-    uri, experiment_id = tracking.ensure_experiment(cfg)
     client = MlflowClient(tracking_uri=uri)
     tags = tracking.run_tags(cfg, out)
     run_id = client.create_run(experiment_id, run_name=cfg.logger.run_name, tags=tags).info.run_id

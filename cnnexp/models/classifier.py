@@ -10,12 +10,20 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnexp.config import ConfigError
+
+RUN_ID_KEY = "mlflow_run_id"  # where a checkpoint keeps the MLflow run it belongs to
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler] | None
 
 
+class TrainingDiverged(ConfigError):
+    """The training loss became NaN or infinite: almost always a too large learning rate."""
+
+
 class Classifier(L.LightningModule):
-    """Logs `<stage>_loss` and `<stage>_acc` once per epoch with step = epoch index."""
+    """Logs `<stage>_loss` and `<stage>_acc` once per epoch with step = epoch index; stops with
+    TrainingDiverged on a non-finite training loss; checkpoints carry the MLflow run id."""
 
     def __init__(
         self,
@@ -60,7 +68,20 @@ class Classifier(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            raise TrainingDiverged(
+                f"optimizer.lr: training diverged, loss {loss.item()} at epoch "
+                f"{self.current_epoch} step {self.global_step} with lr {lr:g} (lower optimizer.lr "
+                "or clip gradients: +trainer.gradient_clip_val=1.0)"
+            )
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        run_id = getattr(self.logger, "run_id", None)
+        if run_id:  # `resume=<checkpoint>` finds the run to continue
+            checkpoint[RUN_ID_KEY] = run_id
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
@@ -70,7 +91,7 @@ class Classifier(L.LightningModule):
 
     def _log_epoch_as_step(self) -> None:
         """Lightning uses a logged `step` value as the MLflow step: make it the epoch index."""
-        self.log("step", float(self.current_epoch), on_step=False, on_epoch=True)
+        self.log("step", float(self.current_epoch), on_step=False, on_epoch=True, sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_as_step()
