@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnexp.config import ConfigError
 from cnnexp.models.classifier import RUN_ID_KEY
 from cnnexp.tracking import flatten
+from cnnexp.tracking.mlflow_run import PARAM_VALUE_MAX
 
 log = logging.getLogger(__name__)
 MUST_MATCH = ("model.", "data.")  # a resumed run may change trainer.max_epochs, not the net or data
@@ -58,17 +60,11 @@ def _run_id_in(ckpt: Path) -> str:
     return run_id
 
 
-def _newest_checkpoint(client: MlflowClient, run_id: str) -> Path:
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError(
-            f"resume: {run_id!r} is neither a checkpoint file nor a run id in this MLflow store"
-        ) from None
+def _newest_checkpoint(run: Run) -> Path:
     folder = Path(run.data.tags.get("output_dir", ""), "checkpoints")
     found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise ConfigError(f"resume: run {run_id} has no checkpoint in {folder}")
+        raise ConfigError(f"resume: run {run.info.run_id} has no checkpoint in {folder}")
     return found[-1]
 
 
@@ -76,20 +72,21 @@ def locate(value: str, client: MlflowClient, cfg: DictConfig) -> Resume:
     """The run to continue and the checkpoint to continue from, for `resume=<value>`; checks
     that the composed config describes the same net and data as the run did."""
     path = Path(value).expanduser()
-    if path.is_file():
-        ckpt, run_id = path, _run_id_in(path)
-    else:
-        ckpt = _newest_checkpoint(client, value)
-        run_id = value
+    given_checkpoint = path.is_file()
+    run_id = _run_id_in(path) if given_checkpoint else value
     try:
-        logged = client.get_run(run_id).data.params
+        run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(
-            f"resume: run {run_id} (from {ckpt}) is not in this MLflow store"
+            f"resume: run {run_id} (from {path}) is not in this MLflow store"
+            if given_checkpoint
+            else f"resume: {value!r} is neither a checkpoint file nor a run id in this MLflow store"
         ) from None
+    ckpt = path if given_checkpoint else _newest_checkpoint(run)
+    logged = run.data.params
     for key, now in flatten(cfg).items():
         before = logged.get(key)
-        if key.startswith(MUST_MATCH) and before is not None and before != now[:6000]:
+        if key.startswith(MUST_MATCH) and before is not None and before != now[:PARAM_VALUE_MAX]:
             raise ConfigError(
                 f"resume: run {run_id} was trained with {key}={before}, not {now} "
                 "(resume with the same model and data; trainer.max_epochs may grow)"

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from cnnexp.config import ConfigError
 
+SWEEP_TAG = "sweep_id"  # run tag: the same value on every job of one multirun
 FAILED_DIR = "failed_jobs"  # in the sweep dir: one <job number>.json per failed job
 _sweep_dir: Path | None = None  # set in the launching process when a multirun starts
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
@@ -16,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from cnnexp import data, models, tracking
+from cnnexp import data, models, sweeps, tracking
 from cnnexp.analysis.callbacks import build_callbacks
 from cnnexp.config import ConfigError
 from cnnexp.models.facts import flops_per_image, n_params, throughput
@@ -54,7 +53,7 @@ def make_trainer(
     except ValueError as err:  # Lightning's MisconfigurationException is a ValueError
         raise ConfigError(f"trainer: {str(err).splitlines()[0]}") from None
     relaunches = isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
-    if relaunches and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if relaunches and sweeps.in_multirun():
         raise ConfigError(
             "trainer.strategy: DDP starts its workers by re-running the command line, which a "
             "-m sweep cannot do (run one DDP training per command, or sweep with "
@@ -64,7 +63,7 @@ def make_trainer(
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:
-    """ "best" when ModelCheckpoint saved one (test then loads it), else None (current weights)."""
+    """Test on ModelCheckpoint's best ("best") when it saved one, else on the current weights."""
     saved = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
     return "best" if saved else None
 

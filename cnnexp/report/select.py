@@ -6,7 +6,6 @@ ConfigError before anything is written.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,10 +13,10 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from cnnexp.config import ConfigError
-from cnnexp.tracking.mlflow_run import check_server_reachable
+from cnnexp.sweeps import SWEEP_TAG
+from cnnexp.tracking.mlflow_run import check_server_reachable, tracking_uri_key
 
 KIND_TAG = "cnnexp.kind"  # "report" on report runs: never compared themselves
-SWEEP_TAG = "sweep_id"  # the same value on every job of one multirun
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
 CURVES = ("val_acc", "val_loss")
 PAGE = 1000  # runs per search request
@@ -47,7 +46,7 @@ class Selection:
 def open_store(uri: str) -> MlflowClient:
     """A client for `uri`; a missing sqlite file (opening would create it) or a server that
     does not answer is an error naming the setting the URI came from."""
-    key = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "logger.tracking_uri"
+    key = tracking_uri_key()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ConfigError(f"{key}: no MLflow store at {uri} (train runs into it first)")
     check_server_reachable(uri, key)

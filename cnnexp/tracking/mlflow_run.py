@@ -25,6 +25,7 @@ from cnnexp.config import ConfigError
 log = logging.getLogger(__name__)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # UI: "Model training"
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+PARAM_VALUE_MAX = 6000  # MLflow's limit of characters per param value
 PROBE_SECONDS = 5  # an http(s) tracking server must answer /health within this
 
 
@@ -33,7 +34,7 @@ def resolve_tracking_uri(cfg: DictConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.logger.tracking_uri)
 
 
-def _uri_key() -> str:
+def tracking_uri_key() -> str:
     """The setting the tracking URI came from, to name it in errors."""
     return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "logger.tracking_uri"
 
@@ -94,7 +95,7 @@ def _experiment_id(client: MlflowClient, name: str, artifact_root: str | None) -
 def ensure_experiment(cfg: DictConfig) -> tuple[str, str]:
     """Find or create `logger.experiment_name` (artifacts pinned under outputs/ for a local
     store); return (tracking_uri, experiment_id). Opens no run."""
-    uri, key = resolve_tracking_uri(cfg), _uri_key()
+    uri, key = resolve_tracking_uri(cfg), tracking_uri_key()
     check_server_reachable(uri, key)
     local = _is_local(uri)
     lock = nullcontext()
@@ -129,7 +130,7 @@ def flatten(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str]:
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
-    items = [Param(k, v[:6000]) for k, v in params.items()]
+    items = [Param(k, v[:PARAM_VALUE_MAX]) for k, v in params.items()]
     for start in range(0, len(items), PARAM_BATCH):
         client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
 
@@ -142,7 +143,7 @@ def run_tags(cfg: DictConfig, out: Path) -> dict[str, str]:
         "data": cfg.data.name,
         "activation": str(cfg.model.activation),
         "output_dir": str(out),
-    } | ({"sweep_id": sweep} if sweep else {})
+    } | ({sweeps.SWEEP_TAG: sweep} if sweep else {})
 
 
 def where_text(cfg: DictConfig, uri: str, experiment_id: str, run_id: str, out: Path) -> str:
