@@ -10,41 +10,63 @@ import os
 import sys
 
 import hydra
+import hydra._internal.utils as hydra_internals
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cnnexp import sweeps
-from cnnexp.config import ConfigError, register_resolvers
+from cnnexp import schema, sweeps
+from cnnexp.errors import one_line
 
 log = logging.getLogger("cnnexp")
-register_resolvers()
+schema.register()
+
+
+def report_errors(func):
+    """Stands in for Hydra's run_and_report (which prints several lines and exits 1): a user
+    mistake, also one found while Hydra composes the config, is one line and exit 2."""
+    try:
+        return func()
+    except Exception as err:
+        line = one_line(err)
+        if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # a bug: the traceback
+        print(f"cnnexp: error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+hydra_internals.run_and_report = report_errors
+
+
+def run_task(cfg: DictConfig) -> float | None:
+    """The task the config names; heavy imports happen here, not at start-up."""
+    if cfg.task == "inspect":
+        from cnnexp.inspect import inspect
+
+        inspect(cfg)
+        return None
+    if cfg.task == "report":
+        from cnnexp.report import report
+
+        report(cfg)
+        return None
+    from cnnexp.train import train
+
+    return train(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
-        if cfg.task == "inspect":
-            from cnnexp.inspect import inspect
-
-            inspect(cfg)
-            return None
-        if cfg.task == "report":
-            from cnnexp.report import report
-
-            report(cfg)
-            return None
-        from cnnexp.train import train
-
-        return train(cfg)
+        return run_task(cfg)
     except Exception as err:
-        bad_input, multirun = isinstance(err, ConfigError), sweeps.in_multirun()
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (bad_input or multirun):
+        line = one_line(err)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (line or sweeps.in_multirun()):
             raise  # a bug in a single run: the traceback
-        if bad_input:
-            print(f"cnnexp: error: {err}", file=sys.stderr)
-        if not multirun:
-            sys.exit(2)
-        if not bad_input:  # its MLflow run is FAILED already; the traceback goes to the job's log
+        if line is not None:
+            print(f"cnnexp: error: {line}", file=sys.stderr)
+        if not sweeps.in_multirun():
+            sys.exit(2)  # before Hydra's own "Error executing job" line
+        if line is None:  # its MLflow run is FAILED already; the traceback goes to the job's log
             log.exception("job %s failed; the sweep goes on", HydraConfig.get().job.num)
         sweeps.record_failure(err)
         return None  # Optuna marks the trial FAIL (no float) and asks for the next

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from cnnexp import data, models
-from cnnexp.config import register_resolvers, repo_root
+from cnnexp import data, models, schema
+from cnnexp.config import repo_root
 
 EPOCHS = 3
 BENCH_ARGS = ["model=stacked3x3", "data=mnist5k", "trainer=cpu", f"trainer.max_epochs={EPOCHS}"]
@@ -31,7 +31,7 @@ BENCH_ARGS = ["model=stacked3x3", "data=mnist5k", "trainer=cpu", f"trainer.max_e
 
 def plain_loop_seconds(overrides: list[str]) -> float:
     """The same net, data, batch size, optimizer and schedule in a bare PyTorch loop."""
-    register_resolvers()
+    schema.register()
     with initialize_config_dir(str(repo_root() / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     torch.manual_seed(cfg.seed)

@@ -1,13 +1,22 @@
-"""Config plumbing shared by every step: the user-facing error type, Hydra resolvers, validation."""
+"""Config plumbing shared by every step: the user-facing error, the `setting()` field that carries a
+key's range and allowed values, the one checker that enforces them, and Hydra resolvers.
+
+The keys, types and defaults themselves live once, in cnnexp/schema.py.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -20,6 +29,15 @@ def repo_root() -> Path:
     return here if (here / "conf").is_dir() else Path.cwd()
 
 
+def job_output_dir(cfg: DictConfig) -> Path:
+    """This job's Hydra output dir (or, outside Hydra, a fresh one under paths.output_dir)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.paths.output_dir, "runs", f"direct-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
 def register_resolvers() -> None:
     """${repo_root:} and ${uid:} for conf/; safe to call more than once."""
     if not OmegaConf.has_resolver("repo_root"):
@@ -30,17 +48,158 @@ def register_resolvers() -> None:
         )
 
 
-def check_keys(section: DictConfig | dict, where: str, allowed: Iterable[str]) -> None:
-    """Raise ConfigError naming the first key of `section` that is not in `allowed`."""
-    allowed = sorted(allowed)
-    for key in section:
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[Any] | None = None,
+    factory: Any = None,
+) -> Any:
+    """A dataclass field whose value must lie in a range or among `choices` (checked by
+    `check_settings`); `factory` makes a fresh list/dict default per instance."""
+    limits = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    meta = {k: v for k, v in limits.items() if v is not None}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b)}
+_BOUNDS |= {"le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def allowed_text(field: dataclasses.Field) -> str:
+    """What a field accepts, in words: 'an integer >= 1', 'one of: relu, tanh', 'true or false'."""
+    meta, kind = field.metadata, _base_type(field.type)
+    if "choices" in meta:
+        return ", ".join(map(str, meta["choices"]))
+    noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    bounds = " and ".join(f"{sign} {meta[k]}" for k, (sign, _) in _BOUNDS.items() if k in meta)
+    text = f"{noun.get(kind, 'a value')} {bounds}".strip()
+    return f"{text}, or null" if _optional(field.type) else text
+
+
+def check_settings(node: DictConfig, where: str) -> None:
+    """Every key of a structured config node (recursively) is a field of its dataclass and lies
+    in the field's range/choices; raise ConfigError naming the first key that does not."""
+    cls = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(cls):
+        return
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in node:
+        if key not in fields:
+            raise unknown_key(where, key, fields)
+    for name, field in fields.items():
+        key = join(where, name)
+        if OmegaConf.is_missing(node, name):
+            raise ConfigError(f"{key}: no value given (set {key}=...)")
+        value = node[name]
+        if isinstance(value, DictConfig):
+            check_settings(value, key)
+        elif not _within(value, field.metadata):
+            raise ConfigError(
+                f"{key}: {_show(value)} is not allowed (allowed: {allowed_text(field)})"
+            )
+
+
+def from_mapping(cls: type, raw: Mapping, where: str) -> Any:
+    """An instance of dataclass `cls` from a plain mapping (e.g. one YAML block): unknown keys,
+    missing required keys, simple types and `setting` ranges checked; ConfigError names the key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    check_mapping(raw, where, fields)
+    for name, field in fields.items():
+        key = join(where, name)
+        required = (
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        )
+        if name not in raw:
+            if required:
+                raise ConfigError(f"{key}: missing (allowed: {allowed_text(field)})")
+            continue
+        value = raw[name]
+        if not (_has_type(value, field.type) and _within(value, field.metadata)):
+            raise ConfigError(
+                f"{key}: {_show(value)} is not allowed (allowed: {allowed_text(field)})"
+            )
+    return cls(**raw)
+
+
+def check_mapping(raw: Mapping, where: str, allowed: Iterable[str]) -> None:
+    """Raise ConfigError (with a did-you-mean) for the first key of `raw` not in `allowed`."""
+    allowed = list(allowed)
+    for key in raw:
         if key not in allowed:
-            raise ConfigError(f"{where}.{key}: unknown key (allowed: {', '.join(allowed)})")
+            raise unknown_key(where, key, allowed)
+
+
+def unknown_key(where: str, key: str, allowed: Iterable[str]) -> ConfigError:
+    """'x.key: unknown key (did you mean x.k?; allowed: ...)'."""
+    names = sorted(str(a) for a in allowed if not str(a).startswith("_"))
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    hint = f"did you mean {join(where, close[0])}?; " if close else ""
+    return ConfigError(f"{join(where, key)}: unknown key ({hint}allowed: {', '.join(names)})")
+
+
+def join(where: str, key: object) -> str:
+    """The dotted name of `key` inside `where` ('' is the root)."""
+    return f"{where}.{key}" if where else str(key)
 
 
 def one_of(value: object, where: str, allowed: Iterable[str]) -> str:
     """Return `value` if it names one of `allowed`, else raise a ConfigError listing them."""
     allowed = sorted(allowed)
     if value not in allowed:
-        raise ConfigError(f"{where}: unknown value {value!r} (allowed: {', '.join(allowed)})")
+        close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?; " if close else ""
+        raise ConfigError(f"{where}: unknown value {value!r} ({hint}allowed: {', '.join(allowed)})")
     return str(value)
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python (dicts, lists, values), interpolations resolved."""
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _within(value: Any, meta: Mapping[str, Any]) -> bool:
+    if value is None:
+        return True  # the type (Optional or not) was checked by OmegaConf already
+    if "choices" in meta:
+        values = value if isinstance(value, ListConfig | list) else [value]
+        return all(v in meta["choices"] for v in values)
+    bounds = [(check, meta[k]) for k, (_, check) in _BOUNDS.items() if k in meta]
+    if bounds and (isinstance(value, bool) or not isinstance(value, int | float)):
+        return False
+    return all(check(value, bound) for check, bound in bounds)
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    if value is None:
+        return _optional(tp) or tp is Any
+    kind = _base_type(tp)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return not isinstance(kind, type) or isinstance(value, kind)
+
+
+def _optional(tp: Any) -> bool:
+    return get_origin(tp) in (Union, UnionType) and type(None) in get_args(tp)
+
+
+def _base_type(tp: Any) -> Any:
+    if _optional(tp):
+        rest = [a for a in get_args(tp) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else Any
+    return tp
+
+
+def _show(value: Any) -> str:
+    return repr(plain(value))

@@ -1,20 +1,24 @@
-"""Interrupt and resume: a checkpoint on Ctrl-C/SIGTERM, and `resume=<checkpoint or run id>` that
-continues training into the same MLflow run.
+"""Exact, safe resume: `checkpoints/latest.ckpt` holds the latest state of a run (written at every
+epoch's end and when training is interrupted), and `resume=<run id or checkpoint>` continues the
+same MLflow run from it.
 
-Every checkpoint cnnexp writes carries the MLflow run id (Classifier.on_save_checkpoint), so a
-checkpoint alone says which run to continue. Given a run id instead, the newest checkpoint in that
-run's output dir (tag `output_dir`) is used. Lightning restores epoch, optimizer and scheduler,
-and since metric step = epoch index, the run's curves continue where they stopped.
+Every checkpoint carries its MLflow run id as plain data (Classifier.on_save_checkpoint) and is
+only ever loaded with `weights_only=True`: a crafted file cannot run code. Metric steps are epoch
+indices and the run's logger never writes a step twice, so a resumed run's curves continue where
+they stopped.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -22,82 +26,142 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnexp.config import ConfigError
 from cnnexp.models.classifier import RUN_ID_KEY
-from cnnexp.tracking import flatten
+from cnnexp.tracking import flatten, process_tags
+from cnnexp.tracking.logger import is_outage
 from cnnexp.tracking.mlflow_run import PARAM_VALUE_MAX
 
 log = logging.getLogger(__name__)
-MUST_MATCH = ("model.", "data.")  # a resumed run may change trainer.max_epochs, not the net or data
+MUST_MATCH = ("model.", "data.", "optimizer._target_")  # what a resumed run may not change
+LATEST = "latest.ckpt"
 
 
-class InterruptCheckpoint(L.Callback):
-    """Writes `path` when training is interrupted (Ctrl-C, SIGTERM), so a crash or a diverged
-    loss leaves no checkpoint that looks resumable. (Lightning's OnExceptionCheckpoint saves on
-    any exception and makes every fit without ckpt_path look for a "last" checkpoint.)"""
+class LatestCheckpoint(Checkpoint):
+    """Writes `<dir>/latest.ckpt` at the end of every training epoch (after that epoch's metrics
+    are logged: Lightning runs Checkpoint callbacks after the module's hook) and when training
+    stops on Ctrl-C, SIGTERM or a tracking outage; written to a temporary file, then renamed, so
+    a kill never leaves half a checkpoint. A crash or a diverged loss writes nothing."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, folder: Path, uri: str) -> None:
+        self.path, self.uri = folder / LATEST, uri
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, error: BaseException):
-        if isinstance(error, KeyboardInterrupt | SystemExit):  # SIGTERMException is a SystemExit
-            trainer.save_checkpoint(self.path)
-            log.warning("interrupted: checkpoint written to %s", self.path)
+        if isinstance(error, KeyboardInterrupt | SystemExit) or is_outage(error, self.uri):
+            self._save(trainer)  # SIGTERMException is a SystemExit
+            log.warning("training stopped: latest state written to %s", self.path)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        partial = self.path.with_suffix(".part")
+        trainer.save_checkpoint(partial, weights_only=False)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+
+
+class TrainingStarted(L.Callback):
+    """Knows whether training began (weights, optimizer and epoch restored, first batch next)."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = True
 
 
 @dataclass(frozen=True)
 class Resume:
     run_id: str
     ckpt_path: str
+    status: str  # the run's status before it was resumed
 
 
-def _run_id_in(ckpt: Path) -> str:
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents, loaded with weights_only=True (tensors and plain data only)."""
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for a file that is no checkpoint
-        raise ConfigError(f"resume: cannot read checkpoint {ckpt} ({type(err).__name__})") from None
-    run_id = state.get(RUN_ID_KEY) if isinstance(state, dict) else None
-    if not run_id:
-        raise ConfigError(f"resume: checkpoint {ckpt} names no MLflow run (not written by cnnexp)")
-    return run_id
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+        why = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"resume: {path} is not a checkpoint that loads safely with weights_only=True ({why})"
+        ) from None
+    if not isinstance(state, dict) or not state.get(RUN_ID_KEY):
+        raise ConfigError(f"resume: checkpoint {path} names no MLflow run (not written by cnnexp)")
+    return state
 
 
-def _newest_checkpoint(run: Run) -> Path:
-    folder = Path(run.data.tags.get("output_dir", ""), "checkpoints")
-    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise ConfigError(f"resume: run {run.info.run_id} has no checkpoint in {folder}")
-    return found[-1]
-
-
-def locate(value: str, client: MlflowClient, cfg: DictConfig) -> Resume:
-    """The run to continue and the checkpoint to continue from, for `resume=<value>`; checks
-    that the composed config describes the same net and data as the run did."""
+def locate(cfg: DictConfig, client: MlflowClient) -> Resume:
+    """The run to continue and its latest state, for `resume=<run id or checkpoint>`; checks
+    that the run can be continued with the composed config, changing nothing."""
+    value = str(cfg.resume)
     path = Path(value).expanduser()
-    given_checkpoint = path.is_file()
-    run_id = _run_id_in(path) if given_checkpoint else value
+    given_file = path.is_file()
+    run_id = read_checkpoint(path)[RUN_ID_KEY] if given_file else value
     try:
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(
             f"resume: run {run_id} (from {path}) is not in this MLflow store"
-            if given_checkpoint
+            if given_file
             else f"resume: {value!r} is neither a checkpoint file nor a run id in this MLflow store"
         ) from None
-    ckpt = path if given_checkpoint else _newest_checkpoint(run)
+    _check_status(run, cfg.resume_finished)
+    latest = Path(run.data.tags.get("output_dir", ""), "checkpoints", LATEST)
+    ckpt = path if given_file else latest
+    if not ckpt.is_file():
+        raise ConfigError(f"resume: run {run_id} has no latest-state checkpoint {latest}")
+    state = read_checkpoint(ckpt)
+    if given_file and latest.is_file() and latest.resolve() != ckpt.resolve():
+        newest = read_checkpoint(latest)
+        if newest.get("global_step", 0) > state.get("global_step", 0):
+            raise ConfigError(
+                f"resume: {ckpt} is older than the run's latest state {latest} (epoch "
+                f"{newest.get('epoch')}); resume={run_id} continues from the latest, so no step is "
+                "logged twice"
+            )
+    _check_same_config(run, cfg)
+    trained = state.get("epoch", 0) + 1
+    if cfg.trainer.max_epochs is not None and 0 <= cfg.trainer.max_epochs <= trained - 1:
+        raise ConfigError(
+            f"trainer.max_epochs: run {run_id} has trained {trained} epoch(s) already "
+            f"(allowed: more than {trained - 1} to train further)"
+        )
+    return Resume(run_id, str(ckpt.resolve()), run.info.status)
+
+
+def _check_status(run: Run, finished_ok: bool) -> None:
+    status, run_id = run.info.status, run.info.run_id
+    if status == "FINISHED" and not finished_ok:
+        raise ConfigError(
+            f"resume: run {run_id} is FINISHED (allowed: resume_finished=true to train it further)"
+        )
+    if status == "RUNNING":
+        tags = run.data.tags
+        where = f"process {tags.get('cnnexp.pid', '?')} on {tags.get('cnnexp.host', '?')}"
+        raise ConfigError(
+            f"resume: run {run_id} is still RUNNING in {where} (allowed: a run that ended)"
+        )
+
+
+def _check_same_config(run: Run, cfg: DictConfig) -> None:
     logged = run.data.params
     for key, now in flatten(cfg).items():
         before = logged.get(key)
         if key.startswith(MUST_MATCH) and before is not None and before != now[:PARAM_VALUE_MAX]:
             raise ConfigError(
-                f"resume: run {run_id} was trained with {key}={before}, not {now} "
-                "(resume with the same model and data; trainer.max_epochs may grow)"
+                f"resume: run {run.info.run_id} was trained with {key}={before}, not {now} "
+                "(resume with the same model, data and optimizer; trainer.max_epochs may grow)"
             )
-    return Resume(run_id, str(ckpt.resolve()))
 
 
 def reopen(client: MlflowClient, resume: Resume, cfg: DictConfig, out: Path) -> None:
-    """Mark the run RUNNING again; record where it continues from and with which config (the
-    first config.yaml and params stay as they were)."""
+    """Mark the run RUNNING again in this process; record where it continues from and with
+    which config (the first config.yaml and params stay as they were)."""
     client.update_run(resume.run_id, status="RUNNING")
+    for key, value in process_tags().items():
+        client.set_tag(resume.run_id, key, value)
     client.set_tag(resume.run_id, "resumed_from", resume.ckpt_path)
     client.set_tag(resume.run_id, "output_dir", str(out))  # the next resume looks here
+    if "error" in client.get_run(resume.run_id).data.tags:
+        client.delete_tag(resume.run_id, "error")  # what ended it last time is over
     client.log_text(resume.run_id, OmegaConf.to_yaml(cfg, resolve=True), f"resumed/{out.name}.yaml")

@@ -75,3 +75,7 @@ def report_failed_jobs() -> int:
     if not records:
         return 0
     return 2 if all(r["bad_input"] for r in records) else 1
+
+
+def record_killed(run_id: str) -> None:  # TEMPORARY: the liveness branch brings the real one
+    return None

@@ -1,69 +1,170 @@
-"""validate(cfg): every config mistake we can see before loading data, as one ConfigError line."""
+"""validate(cfg): every config mistake we can find before data loads or a run opens, as one
+ConfigError line naming the key.
+
+Types and ranges come from the schema (cnnexp/schema.py); here the checks that need meaning:
+the data set's metadata, shapes through the net, and the optimizer, scheduler, callbacks and
+Trainer applied for real to a probe (so torch's and Lightning's own checks speak, and the key
+they choke on is found by putting each key back to its default in turn).
+"""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from hydra.utils import get_object
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from cnnexp import data
-from cnnexp.config import ConfigError, check_keys, one_of
+from cnnexp import data, models
+from cnnexp.config import ConfigError, check_mapping, check_settings, plain
+from cnnexp.features.run import orb_settings
 
-TASKS = ("train", "inspect", "report")
-TOP_KEYS = {
-    "defaults",
-    "task",
-    "seed",
-    "paths",
-    "model",
-    "data",
-    "trainer",
-    "optimizer",
-    "scheduler",
-    "logger",
-    "callbacks",
-    "analysis",
-    "report",  # task=report: which runs to compare (cnnexp/report/)
-    "resume",  # a checkpoint path or MLflow run id to continue (cnnexp/resume.py)
-    "inspect_model",  # task=inspect +inspect_model=resnet18: a torchvision model
-}
+PROBE_EPOCHS = 3  # scheduler steps tried: T_max=0 or step_size=0 fail at the first one
 
 
-def check_target(section: DictConfig, where: str, given_by_code: Iterable[str] = ()) -> None:
-    """`_target_` must import and the other keys must be arguments of its signature."""
-    spec = OmegaConf.to_container(section, resolve=True)
-    target = spec.get("_target_")
+@dataclass(frozen=True)
+class Checked:
+    """What validation learnt: the data set's metadata and, for a CNN, the (seeded) net."""
+
+    info: data.DataInfo
+    net: nn.Module | None
+
+
+def validate(cfg: DictConfig) -> Checked:
+    """Raise ConfigError for the first problem found; loads no data, opens no run."""
+    check_settings(cfg, "")
+    if not cfg.logger.experiment_name:
+        raise ConfigError("logger.experiment_name: empty (allowed: a non-empty name)")
+    _check_output_dir(Path(cfg.paths.output_dir))
+    info = data.check(cfg.data)
+    net = None
+    if cfg.model.kind == "cnn":
+        net = models.build(cfg.model, info.input_shape, len(info.class_names))
+    else:
+        orb_settings(cfg.model, info.input_shape[1:])
+    check_optimization(cfg, net)
+    for name, callback in cfg.callbacks.items():
+        check_target(callback, f"callbacks.{name}")
+    check_trainer(cfg.trainer)
+    return Checked(info, net)
+
+
+def _check_output_dir(path: Path) -> None:
     try:
-        obj = get_object(target)
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"paths.output_dir: cannot create {path} ({err.strerror})") from None
+
+
+def check_target(section: DictConfig, where: str, given_by_code: tuple[str, ...] = ()) -> Any:
+    """`_target_` must import and the other keys must be arguments of its signature; returns
+    the object `_target_` names."""
+    spec = plain(section)
+    if not isinstance(spec, dict) or "_target_" not in spec:
+        raise ConfigError(
+            f"{where}: {spec!r} is not allowed (allowed: {{_target_: a.dotted.Name, ...}})"
+        )
+    try:
+        obj = get_object(spec["_target_"])
     except Exception:  # hydra raises several types for a bad dotted path
         raise ConfigError(
-            f"{where}._target_: cannot import {target!r} (a dotted path to a "
+            f"{where}._target_: cannot import {spec['_target_']!r} (a dotted path to a "
             "class or function, e.g. torch.optim.Adam)"
         ) from None
     params = inspect.signature(obj).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        arguments = {k: v for k, v in spec.items() if not k.startswith("_")}
+        check_mapping(arguments, where, set(params) - set(given_by_code))
+    return obj
+
+
+def check_optimization(cfg: DictConfig, net: nn.Module | None) -> None:
+    """The optimizer and scheduler built for real on the net (or a probe parameter), the
+    scheduler stepped a few epochs: torch's own range checks name the bad key."""
+    if net is None:  # no net, nothing to optimise (the ORB baseline)
         return
-    allowed = set(params) - set(given_by_code)
-    check_keys({k: v for k, v in spec.items() if not k.startswith("_")}, where, allowed)
+    params = list(net.parameters())
+    optimizer_cls = check_target(cfg.optimizer, "optimizer", given_by_code=("params",))
+    optimizer = _applied(cfg.optimizer, "optimizer", optimizer_cls, lambda f: f(params))
+    if not cfg.scheduler:  # scheduler=none
+        return
+    scheduler_cls = check_target(cfg.scheduler, "scheduler", given_by_code=("optimizer",))
+
+    def stepped(factory: Callable) -> None:
+        scheduler = factory(optimizer)
+        for _ in range(PROBE_EPOCHS):
+            scheduler.step()
+
+    with warnings.catch_warnings():  # stepping before optimizer.step() warns
+        warnings.simplefilter("ignore")
+        _applied(cfg.scheduler, "scheduler", scheduler_cls, stepped)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first problem found; cheap, loads no data."""
+def check_trainer(trainer: DictConfig) -> None:
+    """Lightning's own checks of the Trainer arguments, on a probe Trainer that logs nothing."""
     import lightning as L
 
-    check_keys(cfg, "cfg", TOP_KEYS)
-    one_of(cfg.task, "task", TASKS)
-    data.check(cfg.data)
-    check_target(cfg.optimizer, "optimizer", given_by_code=["params"])
-    if cfg.scheduler:
-        check_target(cfg.scheduler, "scheduler", given_by_code=["optimizer"])
-    for name, callback in (cfg.callbacks or {}).items():
-        check_target(callback, f"callbacks.{name}")
-    trainer_args = set(inspect.signature(L.Trainer).parameters) - {"logger", "callbacks"}
-    check_keys(cfg.trainer, "trainer", trainer_args)
-    if cfg.trainer.max_epochs is None or cfg.trainer.max_epochs < 1:
-        raise ConfigError(
-            f"trainer.max_epochs: {cfg.trainer.max_epochs!r} is not allowed (an integer >= 1)"
-        )
+    quiet = logging.getLogger("lightning.pytorch")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _applied(
+                trainer,
+                "trainer",
+                L.Trainer,
+                lambda make: make(logger=False, callbacks=[], enable_checkpointing=False),
+                instantiate_with=lambda spec: _partial(L.Trainer, spec),
+            )
+    finally:
+        quiet.level = level
+
+
+def _partial(cls: Callable, spec: dict) -> Callable:
+    return lambda **more: cls(**{**spec, **more})
+
+
+def _applied(
+    section: DictConfig,
+    where: str,
+    target: Callable,
+    use: Callable[[Callable], Any],
+    instantiate_with: Callable[[dict], Callable] | None = None,
+) -> Any:
+    """use(factory) for the section; on failure, blame the first key whose default (from the
+    target's signature) makes it pass, else the one key holding an integer <= 0 (a step size or
+    period of 0 divides by zero), else the section."""
+    spec = dict(plain(section).items())
+    make = instantiate_with or (lambda s: instantiate(OmegaConf.create(s)))
+    try:
+        return use(make(spec))
+    except Exception as err:  # torch and Lightning raise ValueError, TypeError, Misconfiguration…
+        reason = _first_line(err)
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(target).parameters.items()
+        if p.default is not p.empty
+    }
+    for key in [k for k in spec if k in defaults and spec[k] != defaults[k]]:
+        try:
+            use(make({**spec, key: defaults[key]}))
+        except Exception:
+            continue
+        raise ConfigError(f"{where}.{key}: {spec[key]!r} is not allowed ({reason})")
+    whole = [k for k, v in spec.items() if isinstance(v, int) and not isinstance(v, bool)]
+    suspects = [k for k in whole if not k.startswith("_") and spec[k] <= 0]
+    if len(suspects) == 1:
+        key = suspects[0]
+        raise ConfigError(f"{where}.{key}: {spec[key]!r} is not allowed ({reason})")
+    raise ConfigError(f"{where}: {reason}")
+
+
+def _first_line(err: Exception) -> str:
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return text or type(err).__name__

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
-from cnnexp.config import register_resolvers
+from cnnexp import schema
 from tests.mlflow_server import mlflow_server  # noqa: F401  (fixture: a real `mlflow server`)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ FAST = [
 
 def compose_cfg(*overrides: str) -> DictConfig:
     """The root config composed from conf/ exactly as the CLI would."""
-    register_resolvers()
+    schema.register()
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
@@ -36,7 +36,7 @@ def compose_cfg(*overrides: str) -> DictConfig:
 def compose_job_cfg(out: Path, *overrides: str) -> DictConfig:
     """compose_cfg plus what a real job has: HydraConfig set (for `${hydra:...}`), its output
     dir under `out`; so train(cfg) runs in-process as the CLI would run it."""
-    register_resolvers()
+    schema.register()
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose(
             "config", overrides=[*overrides, f"paths.output_dir={out}"], return_hydra_config=True

@@ -15,6 +15,7 @@ from cnnexp.analysis.callbacks import build_callbacks, tile_grid
 from cnnexp.analysis.fit import FitDiagnosis
 from cnnexp.analysis.health import activation_health, network_health
 from cnnexp.config import ConfigError
+from cnnexp.validate import validate
 from tests.conftest import FAST, all_runs, compose_cfg, run_cli, store
 
 IMAGE = re.compile(r"images/(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+.*(?<!compressed)\.png$")
@@ -65,11 +66,11 @@ def test_analysis_none_keeps_only_the_fit_diagnosis_and_bad_keys_are_config_erro
 ) -> None:
     cfg = compose_cfg("data=digits", "analysis=none", f"paths.output_dir={tmp_path}")
     dm = data.build(cfg.data)
-    [only] = build_callbacks(cfg.analysis, dm, dm.input_shape)
+    [only] = build_callbacks(cfg.analysis, dm)
     assert isinstance(only, FitDiagnosis)
     cfg = compose_cfg("data=digits", "analysis.normalize=global", f"paths.output_dir={tmp_path}")
-    with pytest.raises(ConfigError, match="analysis.normalize"):
-        build_callbacks(cfg.analysis, dm, dm.input_shape)
+    with pytest.raises(ConfigError, match="analysis.normalize: 'global' is not allowed"):
+        validate(cfg)
 
 
 @pytest.mark.slow

@@ -1,75 +1,187 @@
-"""Bad input: one clear line naming the key, a non-zero exit, no MLflow run opened.
+"""Bad input: one line `<key>: <what was wrong> (…)`, exit 2, no traceback, no MLflow run.
 
-Every case runs in-process through train() (the same checks the CLI runs, in a second each);
-a few run through the real CLI too, for the printed line, the exit code and Hydra's own errors.
+A corpus of real mistakes runs in-process (compose as the CLI does, then train(): every check
+the CLI runs, in a second each); hypothesis throws generated mistakes at every key of the schema;
+a few cases run through the real CLI for the printed line, the exit code and an empty stderr
+otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
-from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import DictConfig
 
-from cnnexp.config import ConfigError
+from cnnexp.errors import one_line
+from cnnexp.schema import AnalysisConf, Config, LoggerConf, ReportConf, TrainerConf
 from cnnexp.train import train
-from tests.conftest import FAST, all_runs, run_cli
+from cnnexp.validate import validate
+from tests.conftest import FAST, all_runs, compose_cfg, compose_job_cfg, run_cli
 
-BAD_INPUTS = [
-    (["model.activation=swish"], "model.activation: unknown value 'swish'"),
-    (["model.blocks=[{conv:0,channels:8}]"], "model.blocks[0].conv: 0 is not allowed"),
-    (["model.blocks=[{conv:4,channels:8}]"], "kernel 4 is even"),
-    (["model.blocks=[{conv:3,channels:-2}]"], "model.blocks[0].channels: -2"),
+TINY = ["model=tiny", "data=digits", *FAST]
+BAD_INPUTS = [  # (overrides, the start of the one line)
+    (["trainer.max_epochs=abc"], "trainer.max_epochs: 'abc' is not allowed (allowed: an integer)"),
+    (["trainer.max_epochs=1.5"], "trainer.max_epochs: 1.5 is not allowed (allowed: an integer)"),
+    (["seed=abc"], "seed: 'abc' is not allowed (allowed: an integer)"),
+    (["optimizer.lr=-1"], "optimizer.lr: -1 is not allowed (Invalid learning rate"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay: -1 is not allowed (Invalid weight"),
+    (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size: 0 is not allowed"),
+    (["scheduler=cosine", "scheduler.T_max=0"], "scheduler.T_max: 0 is not allowed"),
+    (["analysis.n_images=0"], "analysis.n_images: 0 is not allowed (allowed: an integer >= 1)"),
+    (["analysis.every_n_epochs=0"], "analysis.every_n_epochs: 0 is not allowed"),
+    (["analysis.every_n_epochs=-1"], "analysis.every_n_epochs: -1 is not allowed"),
+    (["analysis.max_channels=-1"], "analysis.max_channels: -1 is not allowed"),
     (
-        [
-            "data=digits",
-            "model.blocks=[{conv:3,channels:4},{pool:max},{pool:max},{pool:max},{pool:max}]",
-        ],
+        ["analysis.normalize=global"],
+        "analysis.normalize: 'global' is not allowed (allowed: channel",
+    ),
+    (["trainer.accelerator=gpu"], "trainer.accelerator: 'gpu' is not allowed"),  # no GPU in CI
+    (["trainer.precision=17"], "trainer.precision: 17 is not allowed (Precision 17 is invalid"),
+    (["trainer.limit_train_batches=-1"], "trainer.limit_train_batches: -1 is not allowed"),
+    (["trainer.max_epohcs=3"], "trainer.max_epohcs: unknown key (did you mean trainer.max_epochs?"),
+    (["+trainer.max_epochs=3"], "trainer.max_epochs: already in the config; set it without '+'"),
+    (["+trainer.colour=red"], "trainer.colour: unknown key"),
+    (["model.batch_norm=maybe"], "model.batch_norm: 'maybe' is not allowed (allowed: true or"),
+    (["model.activation=swish"], "model.activation: unknown value 'swish' (allowed: elu, gelu"),
+    (["+model.activation_args.elu.foo=1"], "model.activation_args.elu.foo: unknown key"),
+    (["+model.activation_args.swish.beta=1"], "model.activation_args.swish: unknown key"),
+    (["model.blocks=[{conv:0,channels:8}]"], "model.blocks[0].conv: 0 is not allowed"),
+    (["model.blocks=[{conv:4,channels:8}]"], "model.blocks[0].conv: kernel 4 is even"),
+    (["model.blocks=[{conv:3,channels:8,strid:2}]"], "model.blocks[0].strid: unknown key (did"),
+    (
+        ["model.blocks=[{conv:3,channels:4},{pool:max},{pool:max},{pool:max},{pool:max}]"],
         "model.blocks[4]: ",
     ),
-    (["data.name=imagenet"], "data.name: unknown value 'imagenet'"),
-    (["data=image_folder"], "data.path"),
-    (["data=image_folder", "data.path=/no/such/folder"], "data.path"),
-    (["data=mnist", "data.download=false"], "data.root"),
-    (["data=mnist", "data.download=true"], "data.root"),
-    (["trainer.max_epohcs=3"], None),  # Hydra's own error for an unknown key
-    (["+trainer.max_epohcs=3"], "trainer.max_epohcs: unknown key"),
-    (["optimizer.momentm=0.9"], None),
+    (["model=resnet9000"], "model: unknown option 'resnet9000' (allowed: bottleneck1x1, deep"),
+    (["data.name=imagenet"], "data.name: 'imagenet' is not allowed"),
+    (["data.batch_size=0"], "data.batch_size: 0 is not allowed (allowed: an integer >= 1)"),
+    (["data=image_folder"], "data.path: no value given"),
+    (["data=image_folder", "data.path=/no/such/folder"], "data.path: '/no/such/folder' is not"),
+    (["data=mnist", "data.download=false"], "data.root: MNIST data missing"),
+    (["task=fly"], "task: 'fly' is not allowed (allowed: train, inspect, report)"),
+    (["logger.experiment_name="], "logger.experiment_name: empty (allowed: a non-empty name)"),
+    (["optimizer._target_=torch.optim.Nope"], "optimizer._target_: cannot import"),
+    (["optimizer.momentm=0.9"], "optimizer.momentm: unknown key"),
     (["+optimizer.momentm=0.9"], "optimizer.momentm: unknown key"),
-    (["model=resnet9000"], "Could not find 'model/resnet9000'"),
+    (["+callbacks.x._target_=builtins.print", "+callbacks.x.colour=1"], "callbacks.x.colour: "),
+    (["resume_finished=maybe"], "resume_finished: 'maybe' is not allowed"),
+    (["model.blocks=[1,"], "model.blocks=[1,: cannot parse this override"),
+    (["model=tiny,deep"], "model=tiny,deep: a comma list sweeps only with -m"),
 ]
 
 
-def overrides_for(overrides: list[str], out) -> list[str]:
+def one_line_for(overrides: list[str], out: Path) -> str:
+    """The line the CLI would print for these overrides (composition errors included)."""
     data_root = [f"data.root={out}/data"] if "data=mnist" in overrides else []
-    return [*overrides, *FAST, *data_root]
+    try:
+        train(compose_job_cfg(out, *TINY, *overrides, *data_root))
+    except Exception as err:  # noqa: BLE001  (what the CLI would catch)
+        line = one_line(err)
+        assert line is not None, f"a traceback, not one line: {type(err).__name__}: {err}"
+        return line
+    raise AssertionError(f"{overrides} was accepted")
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS)
-def test_bad_input_is_one_config_error_before_any_run(overrides, message, out, compose_job) -> None:
-    try:
-        cfg = compose_job(*overrides_for(overrides, out))
-    except (HydraException, OmegaConfBaseException):  # Hydra's own checks, before ours
-        assert message is None or message.startswith("Could not")
+def test_bad_input_is_one_line_before_any_run(overrides, message, out, compose_job) -> None:
+    line = one_line_for(overrides, out)  # compose_job: HydraConfig unset afterwards
+    assert line.startswith(message) and "\n" not in line, line
+    assert all_runs(out) == []  # not even a FAILED one
+
+
+def bad_value(field: dataclasses.Field, pick: int) -> object | None:
+    """A value the field must refuse: a wrong type, or one past its range or choices."""
+    meta = field.metadata
+    if "choices" in meta:
+        return "[no-such-choice]" if field.type == list[str] else "no-such-choice"
+    if "ge" in meta or "gt" in meta:
+        low = meta.get("ge", meta.get("gt"))
+        return low - 1 if pick % 2 else low - 0.5 if "gt" in meta else low - 1
+    if field.type in (int, float, int | None, float | None):
+        return "abc"
+    if field.type in (bool, bool | None):
+        return "maybe"
+    return None
+
+
+def leaves(schema: type, prefix: str) -> list[tuple[str, dataclasses.Field]]:
+    """(dotted key, field) of every simple-typed field of a schema, nested ones included."""
+    found = []
+    for field in dataclasses.fields(schema):
+        key = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(field.type):
+            found += leaves(field.type, f"{key}.")
+        elif bad_value(field, 0) is not None:
+            found.append((key, field))
+    return found
+
+
+SCHEMA_LEAVES = [
+    leaf
+    for schema, prefix in [
+        (Config, ""),
+        (TrainerConf, "trainer."),
+        (LoggerConf, "logger."),
+        (AnalysisConf, "analysis."),
+        (ReportConf, "report."),
+    ]
+    for leaf in leaves(schema, prefix)
+    if leaf[0] not in ("paths", "trainer", "logger", "analysis", "report")
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(leaf=st.sampled_from(SCHEMA_LEAVES), pick=st.integers(0, 3))
+def test_any_bad_value_of_any_schema_key_is_one_line_naming_it(leaf, pick, tmp_path_factory):
+    key, field = leaf
+    value = bad_value(field, pick)
+    if value is None:
         return
-    with pytest.raises(ConfigError) as caught:
-        train(cfg)
-    assert message in str(caught.value) and "\n" not in str(caught.value)
-    assert [r for r in all_runs(out) if r.info.status == "RUNNING"] == []
+    out = tmp_path_factory.mktemp("out")
+    try:
+        cfg: DictConfig = compose_cfg(*TINY, f"{key}={value}", f"paths.output_dir={out}")
+        validate(cfg)
+    except Exception as err:  # noqa: BLE001
+        line = one_line(err)
+        assert line is not None and line.startswith(f"{key}: ") and "\n" not in line, (key, err)
+        return
+    raise AssertionError(f"{key}={value} was accepted")
 
 
-CLI_CASES = [BAD_INPUTS[i] for i in (0, 2, 8, 10, 13, 14)]  # ours from each stage; Hydra's own
+@settings(max_examples=40, deadline=None)
+@given(leaf=st.sampled_from(SCHEMA_LEAVES), cut=st.integers(1, 3))
+def test_a_misspelt_key_is_refused_with_the_closest_key(leaf, cut) -> None:
+    key, _ = leaf
+    section, _, name = key.rpartition(".")
+    if len(name) <= cut + 3:
+        return
+    typo = f"{section}.{name[:-cut]}" if section else name[:-cut]
+    with pytest.raises(Exception) as caught:
+        compose_cfg(*TINY, f"{typo}=1")
+    line = one_line(caught.value)
+    assert line is not None and line.startswith(f"{typo}: unknown key"), line
+
+
+CLI_CASES = [  # (overrides, environment, the line's start): all of stderr is that one line
+    (["trainer.max_epohcs=3"], {}, "trainer.max_epohcs: unknown key (did you mean"),
+    (["trainer.max_epochs=abc"], {}, "trainer.max_epochs: 'abc' is not allowed"),
+    (["optimizer.lr=-1"], {}, "optimizer.lr: -1 is not allowed"),
+    (["model=resnet9000"], {}, "model: unknown option 'resnet9000'"),
+    (["paths.output_dir=/etc/hostname/x"], {}, "paths.output_dir: cannot create /etc/hostname"),
+    ([], {"MLFLOW_TRACKING_URI": "bogus://x"}, "MLFLOW_TRACKING_URI: cannot use MLflow store"),
+    (["logger.experiment_name="], {}, "logger.experiment_name: empty"),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("overrides", "message"), CLI_CASES)
-def test_bad_input_on_the_command_line_gives_one_line_and_exit_2(overrides, message, out) -> None:
-    result = run_cli(*overrides_for(overrides, out), out=out)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    ours = [line for line in result.stderr.splitlines() if line.startswith("cnnexp: error:")]
-    if message is not None and not message.startswith("Could not"):
-        assert result.returncode == 2
-        assert len(ours) == 1 and message in ours[0], result.stderr[-2000:]
-    elif message is not None:  # Hydra's own message for an unknown option lists the options
-        assert message in result.stderr
-    assert [r for r in all_runs(out) if r.info.status == "RUNNING"] == []
+@pytest.mark.parametrize(("overrides", "env", "message"), CLI_CASES)
+def test_bad_input_on_the_command_line_is_all_that_stderr_says(overrides, env, message, out):
+    result = run_cli(*TINY, *overrides, out=out, env=env or None)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.strip().splitlines()  # nothing before it, nothing after it
+    assert line.startswith(f"cnnexp: error: {message}"), line
+    assert all_runs(out) == []

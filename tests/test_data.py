@@ -367,7 +367,7 @@ def not_a_directory(tmp_path: Path) -> str:
 
 
 MISTAKES = [  # (preset, overrides, start of the message, stage that must catch it)
-    ("digits", ["data.name=nope"], "data.name: unknown value 'nope'", data.check),
+    ("digits", ["data.name=nope"], "data.name: 'nope' is not allowed; choose", data.check),
     ("digits", ["+data.colour=red"], "data.colour: unknown key", data.check),
     ("digits", ["data.batch_size=0"], "data.batch_size: 0 is not allowed", data.check),
     ("digits", ["data.val_fraction=0.8"], "data.test_fraction: 0.2 with", data.check),
@@ -376,10 +376,10 @@ MISTAKES = [  # (preset, overrides, start of the message, stage that must catch 
     ("shapes", ["data.classes=[circle,blob]"], "data.classes: ['circle', 'blob']", data.check),
     ("image_folder", [], "data.path: no value given", data.check),
     ("image_folder", ["data.path=/no/such/dir"], "data.path: '/no/such/dir'", data.check),
-    ("image_folder", ["data.path=TMP"], "data.path: TMP holds no usable images", data.build),
-    ("digits", ["data.train_size=5000"], "data.train_size: 5000 is more than the 1258", data.build),
-    ("digits", ["data.normalize={mean: [0, 0], std: [1, 1]}"], "data.normalize.mean", data.build),
-    ("digits", ["data.val_fraction=0.001"], "data.val_fraction: cannot hold out 2", data.build),
+    ("image_folder", ["data.path=TMP"], "data.path: TMP holds images of 0 class", data.check),
+    ("digits", ["data.train_size=5000"], "data.train_size: 5000 is not allowed", data.check),
+    ("digits", ["data.normalize={mean: [0, 0], std: [1, 1]}"], "data.normalize.mean", data.check),
+    ("digits", ["data.val_fraction=0.001"], "data.val_fraction: 0.001 is not allowed", data.check),
     ("mnist", ["data.download=false"], "data.root: MNIST data missing", data.build),
 ]
 
@@ -412,10 +412,10 @@ def digits_cfg(tmp_path_factory: pytest.TempPathFactory) -> DictConfig:
     return compose_data("digits", tmp_path_factory.mktemp("out"))
 
 
-def valid_train_size(size: object) -> bool:
+def valid_train_size(size: object, n_train: int) -> bool:
     if type(size) is float:
         return 0 < size <= 1
-    return size is None or (type(size) is int and size > 0)
+    return size is None or (type(size) is int and 0 < size <= n_train)
 
 
 @settings(max_examples=150, deadline=None)
@@ -430,13 +430,18 @@ def test_check_accepts_exactly_the_valid_numbers(digits_cfg, batch, val, size, t
         digits_cfg,
         {"batch_size": batch, "val_fraction": val, "train_size": size, "test_fraction": test},
     )
-    valid = {  # in the order check() looks at them
-        "batch_size": batch > 0,
-        "val_fraction": 0 < val < 1,
-        "train_size": valid_train_size(size),
-        "test_fraction": 0 < test < 1 and val + test < 1,
-    }
-    bad = [key for key, ok in valid.items() if not ok]
+    n, classes = 1797, 10  # digits: every split needs an image of each class
+    n_train = n - round(val * n) - round(test * n)
+    valid = [  # in the order check() looks at them: schema ranges, then sizes
+        ("batch_size", batch > 0),
+        ("val_fraction", 0 < val < 1),
+        ("test_fraction", 0 < test < 1),
+        ("test_fraction", val + test < 1),
+        ("val_fraction", round(val * n) >= classes),
+        ("test_fraction", round(test * n) >= classes),
+        ("train_size", valid_train_size(size, n_train)),
+    ]
+    bad = [key for key, ok in valid if not ok]
     if not bad:
         data.check(cfg)
         return

@@ -85,7 +85,12 @@ def test_resume_with_another_model_is_refused_in_one_line(out) -> None:
     assert first.returncode == 0, first.stderr[-2000:]
     [run] = all_runs(out)
     result = run_cli(
-        *TINY, "model=single5x5", "trainer.max_epochs=2", f"resume={run.info.run_id}", out=out
+        *TINY,
+        "model=single5x5",
+        "trainer.max_epochs=2",
+        "resume_finished=true",
+        f"resume={run.info.run_id}",
+        out=out,
     )
     assert result.returncode == 2
     assert (

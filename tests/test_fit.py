@@ -8,20 +8,30 @@ from cnnexp.analysis.fit import diagnose, generalization_loss
 from tests.conftest import FAST, all_runs, compose_cfg, run_cli, store
 
 
+def curves(train: list[float], val: list[float], epochs: list[int] | None = None, **acc) -> dict:
+    """{metric: {epoch: value}} as stored in MLflow (epochs 0, 1, ... unless given)."""
+    epochs = epochs or list(range(len(val)))
+    history = {
+        "train_loss": dict(enumerate(train)),
+        "val_loss": dict(zip(epochs, val, strict=True)),
+    }
+    return history | {k: dict(zip(epochs, v, strict=True)) for k, v in acc.items()}
+
+
 def test_still_falling_validation_loss_is_underfit() -> None:
-    result = diagnose([2.0, 1.5, 1.2, 1.0], [2.1, 1.7, 1.4, 1.2])
+    result = diagnose(curves([2.0, 1.5, 1.2, 1.0], [2.1, 1.7, 1.4, 1.2]))
     assert (result.label, result.best_epoch, result.overfit_epochs) == ("underfit", 3, [])
     assert result.generalization_gap == pytest.approx(0.2) and result.gl == 0
 
 
 def test_one_epoch_is_underfit() -> None:
-    assert diagnose([1.0], [1.1]).label == "underfit"
+    assert diagnose(curves([1.0], [1.1])).label == "underfit"
 
 
 def test_rising_validation_loss_while_training_loss_falls_is_overfit() -> None:
     train = [1.0, 0.7, 0.5, 0.35, 0.25, 0.18]
     val = [1.1, 0.8, 0.7, 0.72, 0.76, 0.85]  # best at epoch 2; GL 2.9, 8.6, 21.4 %
-    result = diagnose(train, val)
+    result = diagnose(curves(train, val))
     assert (result.label, result.best_epoch) == ("overfit", 2)
     assert result.overfit_epochs == [4, 5]
     assert result.gl == pytest.approx(100 * (0.85 / 0.7 - 1))
@@ -30,18 +40,32 @@ def test_rising_validation_loss_while_training_loss_falls_is_overfit() -> None:
 
 def test_levelled_off_validation_loss_is_good_fit() -> None:
     val = [1.0, 0.6, 0.45, 0.40, 0.401, 0.399]  # best last, but fell only 0.5 % in that epoch
-    result = diagnose([0.9, 0.55, 0.42, 0.38, 0.37, 0.37], val)
+    result = diagnose(curves([0.9, 0.55, 0.42, 0.38, 0.37, 0.37], val))
     assert (result.label, result.best_epoch) == ("good fit", 5)
-    assert diagnose([0.9, 0.5, 0.4, 0.4], [1.0, 0.5, 0.49, 0.5]).label == "good fit"
+    assert diagnose(curves([0.9, 0.5, 0.4, 0.4], [1.0, 0.5, 0.49, 0.5])).label == "good fit"
 
 
 def test_generalization_loss_is_relative_to_the_best_so_far() -> None:
     assert generalization_loss([2.0, 1.0, 1.5, 0.5]).tolist() == pytest.approx([0, 0, 50, 0])
 
 
-def test_unequal_curves_are_rejected() -> None:
-    with pytest.raises(ValueError, match="equally long"):
-        diagnose([1.0, 0.5], [1.0])
+def test_sparse_validation_is_diagnosed_on_the_epochs_that_have_it() -> None:
+    train = [1.0, 0.7, 0.5, 0.35, 0.25, 0.18]  # check_val_every_n_epoch=2: val at 1, 3, 5
+    result = diagnose(curves(train, [0.8, 0.7, 0.9], epochs=[1, 3, 5]))
+    assert (result.label, result.best_epoch, result.overfit_epochs) == ("overfit", 3, [5])
+    assert result.generalization_gap == pytest.approx(0.7 - 0.35)
+
+
+def test_accuracy_near_chance_is_not_learning_whatever_the_losses_do() -> None:
+    stuck = curves([2.3, 2.3, 2.3], [2.31, 2.30, 2.30], val_acc=[0.10, 0.11, 0.12])
+    assert diagnose(stuck, chance=0.1).label == "not learning"  # 12 % < 10 % + 10 % of 90 %
+    learnt = curves([2.3, 1.0, 0.5], [2.2, 1.1, 0.6], val_acc=[0.10, 0.60, 0.85])
+    assert diagnose(learnt, chance=0.1).label == "underfit"
+
+
+def test_no_epoch_with_both_curves_is_rejected() -> None:
+    with pytest.raises(ValueError, match="at least one epoch"):
+        diagnose({"train_loss": {0: 1.0}, "val_loss": {}})
 
 
 def test_early_stopping_callbacks_keep_the_checkpoint() -> None:

@@ -74,7 +74,7 @@ BAD_BLOCKS = [
     ([{"conv": 3, "channels": 0}], "model.blocks[0].channels: 0 is not allowed"),
     ([{"conv": 3}], "model.blocks[0].channels: missing"),
     ([{"conv": 3, "channels": 8, "kernel": 3}], "model.blocks[0].kernel: unknown key"),
-    ([{"pool": "median"}], "model.blocks[0].pool: unknown value 'median'"),
+    ([{"pool": "median"}], "model.blocks[0].pool: 'median' is not allowed .allowed: max, avg."),
     ([{"dropout": 1.5}], "model.blocks[0].dropout"),
     ([{"conv": 3, "channels": 4}, *[{"pool": "max"}] * 4], "model.blocks[4]"),
     ([{"conv": 3, "channels": 4, "padding": -1}], "model.blocks[0].padding"),

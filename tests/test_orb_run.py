@@ -6,6 +6,7 @@ import pytest
 
 from cnnexp.config import ConfigError
 from cnnexp.features.run import orb_settings
+from cnnexp.validate import validate
 from tests.conftest import all_runs, compose_cfg, run_cli, store
 
 ORB_METRICS = [
@@ -31,15 +32,18 @@ def test_orb_bovw_config_composes_with_its_run_name() -> None:
     ("override", "message"),
     [
         ("model.orb.upscale=1", "model.orb.upscale=1: "),
-        ("model.orb.patch_size=1", "model.orb.patch_size=1: "),
-        ("+model.orb.nfeatures=9", "model.orb.nfeatures: unknown key"),
-        ("model.vocab_size=1", "model.vocab_size=1: "),
+        ("model.orb.patch_size=1", "model.orb.patch_size: 1 is not allowed"),
+        (
+            "+model.orb.nfeatures=9",
+            "model.orb.nfeatures: unknown key .did you mean model.orb.n_features",
+        ),
+        ("model.vocab_size=1", "model.vocab_size: 1 is not allowed"),
     ],
 )
 def test_bad_orb_settings_name_the_key(override, message) -> None:
     cfg = compose_cfg("model=orb_bovw", override)
     with pytest.raises(ConfigError, match=message):
-        orb_settings(cfg.model, (28, 28))
+        validate(cfg)
 
 
 @pytest.mark.slow

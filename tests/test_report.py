@@ -82,7 +82,7 @@ def test_list_params_read_like_overrides_and_pages_escape_cells(tmp_path) -> Non
     ("override", "message"),
     [
         ("+report.colour=red", "report.colour: unknown key (allowed: dir, experiment,"),
-        ("report.status=done", "report.status: unknown value 'DONE' (allowed: FAILED,"),
+        ("report.status=[done]", "report.status: ['done'] is not allowed (allowed: FINISHED,"),
         ("report.max_runs=0", "report.max_runs: 0 is not allowed"),
         ("task=report", "logger.tracking_uri: no MLflow store at sqlite:///"),
     ],

@@ -12,7 +12,7 @@ import lightning as L
 import matplotlib
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cnnexp.analysis.erf import (
     effective_receptive_field,
@@ -23,56 +23,38 @@ from cnnexp.analysis.erf import (
 from cnnexp.analysis.fit import FitDiagnosis
 from cnnexp.analysis.health import block_outputs, conv_blocks, grad_norms, network_health
 from cnnexp.analysis.receptive_field import format_table, receptive_fields, rf_at_last_spatial_layer
-from cnnexp.config import check_keys, one_of
-
-KEYS = {
-    "enabled",
-    "every_n_epochs",
-    "erf_samples",
-    "n_images",
-    "max_channels",
-    "normalize",
-    "health_images",
-    "tile_px",
-}
-NORMALIZE = ("channel", "layer")
 
 
 def build_callbacks(
-    cfg: DictConfig, datamodule: L.LightningDataModule, input_shape: tuple[int, int, int]
+    cfg: DictConfig, datamodule: L.LightningDataModule, resumed: bool = False
 ) -> list[L.Callback]:
-    """The analysis callbacks `cfg` (the `analysis` group) asks for; only the (cheap) fit
-    diagnosis when disabled."""
-    spec = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
-    check_keys(spec, "analysis", KEYS)
-    if not spec.get("enabled", False):
-        return [FitDiagnosis()]
-    one_of(spec.get("normalize", "channel"), "analysis.normalize", NORMALIZE)
-    every = spec.get("every_n_epochs", 2)
-    images = datamodule.val[0][: spec.get("n_images", 4)]
+    """The analysis callbacks `cfg` (the checked `analysis` group) asks for; only the (cheap)
+    fit diagnosis when disabled. A resumed run logs no second step-0 snapshot."""
+    labels = datamodule.val[1]
+    chance = float(labels.bincount().max() / len(labels)) if len(labels) else 0.0
+    if not cfg.enabled:
+        return [FitDiagnosis(chance)]
+    input_shape, every = datamodule.input_shape, cfg.every_n_epochs
+    images = datamodule.val[0][: cfg.n_images]
     return [
-        ReceptiveFieldLogger(input_shape),
-        ERFLogger(every, input_shape, spec.get("erf_samples", 8)),
-        FeatureMapLogger(
-            every,
-            images,
-            spec.get("max_channels", 16),
-            spec.get("normalize", "channel"),
-            spec.get("tile_px", 32),
-        ),
-        KernelLogger(every, spec.get("tile_px", 32)),
-        HealthLogger(datamodule.val[0][: spec.get("health_images", 128)]),
-        FitDiagnosis(),
+        ReceptiveFieldLogger(input_shape, resumed),
+        ERFLogger(every, input_shape, cfg.erf_samples, resumed),
+        FeatureMapLogger(every, images, cfg.max_channels, cfg.normalize, cfg.tile_px, resumed),
+        KernelLogger(every, cfg.tile_px, resumed),
+        HealthLogger(datamodule.val[0][: cfg.health_images]),
+        FitDiagnosis(chance),
     ]
 
 
 class ReceptiveFieldLogger(L.Callback):
     """At fit start: artifact `receptive_field.txt` (per layer) and metric `receptive_field`."""
 
-    def __init__(self, input_shape: tuple[int, int, int]) -> None:
-        self.input_shape = input_shape
+    def __init__(self, input_shape: tuple[int, int, int], resumed: bool = False) -> None:
+        self.input_shape, self.resumed = input_shape, resumed
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.resumed:
+            return
         rows = receptive_fields(pl_module.net, self.input_shape)
         client, run_id = trainer.logger.experiment, trainer.logger.run_id
         client.log_text(run_id, format_table(rows) + "\n", "receptive_field.txt")
@@ -82,8 +64,8 @@ class ReceptiveFieldLogger(L.Callback):
 class SnapshotLogger(L.Callback):
     """Calls `snapshot` before training (step 0), every `every` epochs and after the last one."""
 
-    def __init__(self, every: int) -> None:
-        self.every = max(1, every)
+    def __init__(self, every: int, resumed: bool = False) -> None:
+        self.every, self.resumed = every, resumed
 
     def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         raise NotImplementedError
@@ -92,11 +74,13 @@ class SnapshotLogger(L.Callback):
         trainer.logger.experiment.log_image(trainer.logger.run_id, image, key=key, step=step)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.snapshot(trainer, pl_module, 0)
+        if not self.resumed:  # a resumed run has its step-0 snapshot
+            self.snapshot(trainer, pl_module, 0)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         done = trainer.current_epoch + 1
-        last = done == trainer.max_epochs or trainer.should_stop
+        out_of_steps = 0 <= trainer.max_steps <= trainer.global_step
+        last = done == trainer.max_epochs or trainer.should_stop or out_of_steps
         if done % self.every == 0 or last:
             self.snapshot(trainer, pl_module, done)
 
@@ -104,8 +88,10 @@ class SnapshotLogger(L.Callback):
 class ERFLogger(SnapshotLogger):
     """Image `erf` (heatmap with the theoretical RF square) and metric `erf_size`."""
 
-    def __init__(self, every: int, input_shape: tuple[int, int, int], n_samples: int) -> None:
-        super().__init__(every)
+    def __init__(
+        self, every: int, input_shape: tuple[int, int, int], n_samples: int, resumed: bool = False
+    ) -> None:
+        super().__init__(every, resumed)
         self.input_shape, self.n_samples = input_shape, n_samples
         self.rf_size: int | None = None
         self.layer = ""
@@ -127,9 +113,15 @@ class FeatureMapLogger(SnapshotLogger):
     then up to `max_channels` channels of the block's output (after its activation)."""
 
     def __init__(
-        self, every: int, images: torch.Tensor, max_channels: int, normalize: str, tile_px: int
+        self,
+        every: int,
+        images: torch.Tensor,
+        max_channels: int,
+        normalize: str,
+        tile_px: int,
+        resumed: bool = False,
     ) -> None:
-        super().__init__(every)
+        super().__init__(every, resumed)
         self.images, self.max_channels = images, max_channels
         self.normalize, self.tile_px = normalize, tile_px
 
@@ -150,8 +142,8 @@ class FeatureMapLogger(SnapshotLogger):
 class KernelLogger(SnapshotLogger):
     """Image `kernels/conv1`: the first conv's filters, zero = grey (RGB when the input is)."""
 
-    def __init__(self, every: int, tile_px: int) -> None:
-        super().__init__(every)
+    def __init__(self, every: int, tile_px: int, resumed: bool = False) -> None:
+        super().__init__(every, resumed)
         self.tile_px = tile_px
 
     def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:

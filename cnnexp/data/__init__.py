@@ -10,14 +10,15 @@ import json
 import logging
 import time
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from cnnexp.data.checks import COMMON_KEYS, check
+from cnnexp.config import plain
+from cnnexp.data.checks import check, own_arguments, typed
 from cnnexp.data.module import Augment, TensorDataModule
-from cnnexp.data.sources import DATASETS
+from cnnexp.data.sources import DATASETS, DataInfo
 from cnnexp.data.splits import Splits, make_splits
 
-__all__ = ["DATASETS", "TensorDataModule", "build", "check"]
+__all__ = ["DATASETS", "DataInfo", "TensorDataModule", "build", "check"]
 
 log = logging.getLogger(__name__)
 _CACHE: dict[str, Splits] = {}
@@ -27,7 +28,7 @@ _CACHE_SIZE = 3  # prepared data sets kept per process (CIFAR-10 is ~0.7 GB as f
 def build(cfg: DictConfig) -> TensorDataModule:
     """The TensorDataModule for a composed `cfg.data`; raises ConfigError for bad config."""
     check(cfg)
-    data = OmegaConf.to_container(cfg, resolve=True)
+    data = plain(typed(cfg))
     aug = data["augment"]
     augment = Augment(aug["degrees"], aug["translate"], tuple(aug["scale"]))
     return TensorDataModule(
@@ -42,8 +43,7 @@ def _prepared(data: dict) -> Splits:
         log.info("data %s: reused from cache", name)
         return _CACHE[key]
     start = time.perf_counter()
-    own = {k: v for k, v in data.items() if k not in COMMON_KEYS}
-    splits = make_splits(DATASETS[name](**own), data)
+    splits = make_splits(DATASETS[name].load(**own_arguments(data)), data)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))  # oldest first
     _CACHE[key] = splits

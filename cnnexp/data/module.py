@@ -47,6 +47,19 @@ def random_affine(x: torch.Tensor, aug: Augment) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)  # edges: background
 
 
+class BatchIndexed(TensorDataset):
+    """A TensorDataset that serves a whole batch with one indexing operation (DataLoader calls
+    __getitems__ with the batch's positions): no per-image collation."""
+
+    def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(positions)
+        return tuple(t[index] for t in self.tensors)
+
+
+def as_is(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return batch
+
+
 class EpochBatchSampler(BatchSampler):
     """A BatchSampler that passes Lightning's set_epoch on (a DistributedSampler reshuffles)."""
 
@@ -70,16 +83,18 @@ class TensorDataModule(L.LightningDataModule):
         self.augment = augment
 
     def train_dataloader(self) -> DataLoader:
-        return self._batches(TensorDataset(*self.train), shuffle=True)
+        overfitting = self.trainer is not None and self.trainer.overfit_batches > 0
+        return self._batches(BatchIndexed(*self.train), shuffle=not overfitting)  # same batches
 
     def val_dataloader(self) -> DataLoader:
-        return self._batches(TensorDataset(*self.val))
+        return self._batches(BatchIndexed(*self.val))
 
     def test_dataloader(self) -> DataLoader:
-        return self._batches(TensorDataset(*self.test))
+        return self._batches(BatchIndexed(*self.test))
 
     def _batches(self, data: TensorDataset, shuffle: bool = False) -> DataLoader:
-        """Each step indexes the tensors once with a list of positions: no per-image collation.
+        """Each step indexes the tensors once with a list of positions (a batch sampler, so
+        Lightning's overfit_batches keeps our loaders).
         Under DDP each process gets its own shard (DistributedSampler; Lightning's own sampler
         swap is off: trainer.use_distributed_sampler=false, it would unbatch these loaders)."""
         seed = torch.initial_seed()  # set by seed_everything
@@ -91,9 +106,8 @@ class TensorDataModule(L.LightningDataModule):
             order = RandomSampler(data, generator=torch.Generator().manual_seed(seed))
         else:
             order = SequentialSampler(data)
-        return DataLoader(
-            data, sampler=EpochBatchSampler(order, self.batch_size, False), batch_size=None
-        )
+        batches = EpochBatchSampler(order, self.batch_size, False)
+        return DataLoader(data, batch_sampler=batches, collate_fn=as_is)
 
     def on_after_batch_transfer(self, batch: Split, dataloader_idx: int) -> Any:
         if self.augment is None or self.trainer is None or not self.trainer.training:

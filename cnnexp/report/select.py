@@ -17,7 +17,6 @@ from cnnexp.sweeps import SWEEP_TAG
 from cnnexp.tracking.mlflow_run import check_server_reachable, tracking_uri_key
 
 KIND_TAG = "cnnexp.kind"  # "report" on report runs: never compared themselves
-STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
 CURVES = ("val_acc", "val_loss")
 PAGE = 1000  # runs per search request
 

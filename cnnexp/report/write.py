@@ -14,16 +14,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
-from cnnexp.config import ConfigError, check_keys, one_of
+from cnnexp.config import ConfigError, check_settings
 from cnnexp.report.pages import Page, html_page, markdown_page, markdown_table
 from cnnexp.report.plots import accuracy_vs_params_figure, curves_figure, placed_runs
-from cnnexp.report.select import KIND_TAG, STATUSES, SWEEP_TAG, Selection, open_store, select_runs
+from cnnexp.report.select import KIND_TAG, SWEEP_TAG, Selection, open_store, select_runs
 from cnnexp.report.table import comparison_table, run_labels
+from cnnexp.schema import STATUSES
 from cnnexp.tracking import log_params, resolve_tracking_uri, run_status
 
-REPORT_KEYS = ("experiment", "sweep_id", "status", "max_runs", "dir")
 FIGURES = {"val_curves.png": "Validation curves", "accuracy_vs_params.png": "Accuracy vs params"}
 NOTE_LIMIT = 5000  # characters of the run description (an MLflow tag)
 
@@ -43,18 +43,15 @@ class ReportSpec:
 
 
 def report_spec(cfg: DictConfig) -> ReportSpec:
-    """`cfg.report`, checked: ConfigError names the key."""
+    """`cfg.report` (checked by the schema: cnnexp/schema.py ReportConf) as a ReportSpec."""
     spec = cfg.report
-    check_keys(spec, "report", REPORT_KEYS)
-    given = list(spec.status) if isinstance(spec.status, ListConfig) else [spec.status]
-    statuses = [one_of(str(s).upper(), "report.status", STATUSES) for s in given]
-    if not statuses:
-        raise ConfigError(f"report.status: empty (allowed: {', '.join(STATUSES)})")
-    max_runs = spec.max_runs
-    if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
-        raise ConfigError(f"report.max_runs: {max_runs!r} is not allowed (an integer >= 1)")
+    check_settings(spec, "report")
+    if not spec.status:
+        raise ConfigError(f"report.status: empty (allowed: a list of {', '.join(STATUSES)})")
     sweep_id = None if spec.sweep_id is None else str(spec.sweep_id)
-    return ReportSpec(str(spec.experiment), sweep_id, statuses, max_runs, Path(spec.dir))
+    return ReportSpec(
+        str(spec.experiment), sweep_id, list(spec.status), spec.max_runs, Path(spec.dir)
+    )
 
 
 def new_folder(root: Path, slug: str) -> Path:

@@ -1,10 +1,13 @@
 """Tracking: open an MLflow run in the right store, record params, end it with a true status."""
 
+from cnnexp.tracking.liveness import Heartbeat, process_tags, reap_dead_runs
 from cnnexp.tracking.mlflow_run import (
+    TrackingUnavailable,
     ensure_experiment,
     flatten,
     log_config,
     log_params,
+    open_run,
     resolve_tracking_uri,
     run_status,
     run_tags,
@@ -12,10 +15,15 @@ from cnnexp.tracking.mlflow_run import (
 )
 
 __all__ = [
+    "Heartbeat",
+    "TrackingUnavailable",
     "ensure_experiment",
     "flatten",
     "log_config",
     "log_params",
+    "open_run",
+    "process_tags",
+    "reap_dead_runs",
     "resolve_tracking_uri",
     "run_status",
     "run_tags",

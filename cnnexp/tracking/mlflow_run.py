@@ -8,7 +8,7 @@ import signal
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,8 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnexp import sweeps
 from cnnexp.config import ConfigError
+from cnnexp.tracking.liveness import Heartbeat, process_tags, reap_dead_runs
+from cnnexp.tracking.logger import bound_http_retries, is_outage
 
 log = logging.getLogger(__name__)
+for _noisy in ("alembic", "mlflow.store.db.utils"):  # "Creating initial MLflow database tables"
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # UI: "Model training"
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 PARAM_VALUE_MAX = 6000  # MLflow's limit of characters per param value
@@ -94,8 +98,10 @@ def _experiment_id(client: MlflowClient, name: str, artifact_root: str | None) -
 
 def ensure_experiment(cfg: DictConfig) -> tuple[str, str]:
     """Find or create `logger.experiment_name` (artifacts pinned under outputs/ for a local
-    store); return (tracking_uri, experiment_id). Opens no run."""
+    store) and mark the store's runs whose process died FAILED; return (tracking_uri,
+    experiment_id). Opens no run."""
     uri, key = resolve_tracking_uri(cfg), tracking_uri_key()
+    bound_http_retries(cfg.logger.outage_timeout_s)
     check_server_reachable(uri, key)
     local = _is_local(uri)
     lock = nullcontext()
@@ -105,11 +111,15 @@ def ensure_experiment(cfg: DictConfig) -> tuple[str, str]:
         lock = FileLock(f"{db}.lock")  # parallel jobs, new store: one creates the tables at a time
     try:
         with lock:
-            return uri, _experiment_id(
-                MlflowClient(tracking_uri=uri),
-                cfg.logger.experiment_name,
-                str(cfg.logger.artifact_root) if local else None,
+            client = MlflowClient(tracking_uri=uri)
+            experiment_id = _experiment_id(
+                client, cfg.logger.experiment_name, str(cfg.logger.artifact_root) if local else None
             )
+        for run_id in reap_dead_runs(client, cfg.logger.stale_after_s):
+            log.warning(
+                "run %s: its process died; marked FAILED (tag error says how to resume)", run_id
+            )
+        return uri, experiment_id
     except MlflowException as err:
         raise ConfigError(
             f"{key}: cannot use MLflow store {uri} ({str(err).splitlines()[0][:200]})"
@@ -166,19 +176,51 @@ def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
     client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
 
+def open_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, out: Path) -> str:
+    """A new RUNNING run tagged with its config's facts and this process; its config logged."""
+    tags = run_tags(cfg, out) | process_tags()
+    run_id = client.create_run(experiment_id, run_name=cfg.logger.run_name, tags=tags).info.run_id
+    log_config(client, run_id, cfg)
+    return run_id
+
+
+class TrackingUnavailable(ConfigError):
+    """The tracking server stopped answering mid-run: training stopped with a checkpoint."""
+
+
 @contextmanager
-def run_status(client: MlflowClient, run_id: str, on_interrupt: str = "") -> Iterator[None]:
-    """End the run FINISHED, FAILED (error text as tag `error`) or KILLED (Ctrl-C / SIGTERM,
-    then `on_interrupt` is printed: how to continue)."""
+def run_status(
+    client: MlflowClient,
+    run_id: str,
+    cfg: DictConfig,
+    on_interrupt: str = "",
+    started: Callable[[], bool] = lambda: True,
+) -> Iterator[None]:
+    """While the block runs the run has a heartbeat; then it ends FINISHED, FAILED (error text
+    as tag `error`) or KILLED (Ctrl-C / SIGTERM, then `on_interrupt` is printed: how to
+    continue). Until `started()` (training began) an error leaves the run as it was: a resume
+    that cannot start changes nothing. A tracking outage writes nothing more (the server is
+    gone) and becomes TrackingUnavailable, whose line says how to continue."""
+    uri = resolve_tracking_uri(cfg)
     try:
-        yield
-    except (KeyboardInterrupt, SystemExit) as err:  # Lightning: Ctrl-C -> sys.exit(1), SIGTERM ->
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))  # SIGTERMException
-        log.warning("run %s interrupted: marked KILLED. %s", run_id, on_interrupt)
-        if isinstance(err, SystemExit) and not err.code:  # SIGTERM: exit as killed by it
-            raise SystemExit(128 + signal.SIGTERM) from err
-        raise
+        with Heartbeat(client, run_id, cfg.logger.heartbeat_s):
+            yield
     except BaseException as err:
+        if is_outage(err, uri):
+            raise TrackingUnavailable(
+                f"{tracking_uri_key()}: MLflow server {uri} stopped answering within "
+                f"{cfg.logger.outage_timeout_s:g} s; training stopped with a checkpoint; once the "
+                f"server is back, {on_interrupt}"
+            ) from None
+        if not started():
+            raise
+        if isinstance(err, KeyboardInterrupt | SystemExit):  # Lightning: Ctrl-C -> sys.exit(1),
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))  # SIGTERM ->
+            sweeps.record_killed(run_id)  # SIGTERMException
+            log.warning("run %s interrupted: marked KILLED. %s", run_id, on_interrupt)
+            if isinstance(err, SystemExit) and not err.code:  # SIGTERM: exit as killed by it
+                raise SystemExit(128 + signal.SIGTERM) from err
+            raise
         client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise

@@ -1,0 +1,84 @@
+"""Every user mistake as one line `<key>: <what was wrong> (allowed: …)`.
+
+`one_line(err)` turns our ConfigError and what Hydra, OmegaConf and the OS raise while composing
+the config or creating the job's output folder into that line; anything else is a bug (None).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from hydra.errors import MissingConfigException, OverrideParseException
+from omegaconf.errors import OmegaConfBaseException
+
+from cnnexp.config import ConfigError, unknown_key
+
+_TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "bool": "true or false"}
+
+
+def one_line(err: BaseException) -> str | None:
+    """The one line for a user mistake, or None when `err` is not one."""
+    if isinstance(err, ConfigError):
+        return str(err)
+    if isinstance(err, OverrideParseException):
+        return f"{err.override}: cannot parse this override ({_first(err.message)})"
+    if isinstance(err, MissingConfigException):
+        return _missing_option(err)
+    cause = _omegaconf_cause(err)
+    if cause is not None:
+        return _omegaconf_line(cause)
+    text = str(err)
+    found = re.search(r"An item is already at '([^']+)'", text)
+    if found:
+        key = found.group(1)
+        return f"{key}: already in the config; set it without '+' ({key}=...)"
+    if "Ambiguous value for argument" in text:
+        override = re.search(r"argument '([^']+)'", text).group(1)
+        return f"{override}: a comma list sweeps only with -m (or write a list: key=[a,b])"
+    if isinstance(err, OSError) and err.filename:  # Hydra creating the job's output folder
+        return f"paths.output_dir: cannot create {err.filename} ({err.strerror})"
+    return None
+
+
+def _first(text: str) -> str:
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def _omegaconf_cause(err: BaseException) -> OmegaConfBaseException | None:
+    while err is not None:
+        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _omegaconf_line(err: OmegaConfBaseException) -> str:
+    key, msg = err.full_key, _first(err.msg or str(err))
+    missing = re.match(r"Key '([^']+)' (?:not in|is not in struct)", msg)
+    if missing:
+        where = key.rpartition(".")[0]
+        cls = getattr(err, "object_type", None)
+        names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        if getattr(err, "parent_node", None) is not None and not names:
+            names = list(err.parent_node.keys())
+        return str(unknown_key(where, missing.group(1), names))
+    bad = re.match(
+        r"Value '(.*)' (?:of type '(\w+)' could not be converted to|is not a valid) (\w+)", msg
+    )
+    if bad:
+        value, given, wanted = bad.groups()
+        shown = value if given in ("int", "float") else repr(value)
+        return f"{key}: {shown} is not allowed (allowed: {_TYPE_WORDS.get(wanted, wanted)})"
+    return f"{key}: {msg}"
+
+
+def _missing_option(err: MissingConfigException) -> str:
+    text = str(err)
+    found = re.search(r"Could not find '([^']+)'", text)
+    if not found:
+        return _first(text)
+    group, _, option = found.group(1).rpartition("/")
+    options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
+    allowed = ", ".join(o for o in options if not o.startswith("_"))
+    return f"{group or 'config'}: unknown option {option!r} (allowed: {allowed or 'see --help'})"
