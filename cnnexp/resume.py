@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,13 +62,16 @@ class LatestCheckpoint(Checkpoint):
 
 
 class TrainingStarted(L.Callback):
-    """Knows whether training began (weights, optimizer and epoch restored, first batch next)."""
+    """Knows whether training began (weights, optimizer and epoch restored, first batch next)
+    and then calls `on_start` (a resumed run goes back to RUNNING only now: a resume that
+    cannot start leaves the run as it was)."""
 
-    def __init__(self) -> None:
-        self.started = False
+    def __init__(self, on_start: Callable[[], None] = lambda: None) -> None:
+        self.started, self.on_start = False, on_start
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = True
+        self.on_start()
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,13 @@ class Resume:
 def read_checkpoint(path: Path) -> dict:
     """A checkpoint's contents, loaded with weights_only=True (tensors and plain data only)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
-        why = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        refused = [line for line in lines if line.startswith("Unsupported")]  # torch's reason
+        why = (refused or lines or [type(err).__name__])[0][:200]
         raise ConfigError(
             f"resume: {path} is not a checkpoint that loads safely with weights_only=True ({why})"
         ) from None
@@ -120,13 +129,19 @@ def locate(cfg: DictConfig, client: MlflowClient) -> Resume:
                 "logged twice"
             )
     _check_same_config(run, cfg)
-    trained = state.get("epoch", 0) + 1
-    if cfg.trainer.max_epochs is not None and 0 <= cfg.trainer.max_epochs <= trained - 1:
+    trained = epochs_trained(state)
+    if cfg.trainer.max_epochs is not None and 0 <= cfg.trainer.max_epochs <= trained:
         raise ConfigError(
             f"trainer.max_epochs: run {run_id} has trained {trained} epoch(s) already "
-            f"(allowed: more than {trained - 1} to train further)"
+            f"(allowed: more than {trained} to train further)"
         )
     return Resume(run_id, str(ckpt.resolve()), run.info.status)
+
+
+def epochs_trained(state: dict) -> int:
+    """Whole epochs a checkpoint has behind it (one saved inside an epoch does not count it)."""
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    return int(progress.get("current", {}).get("processed", state.get("epoch", 0)))
 
 
 def _check_status(run: Run, finished_ok: bool) -> None:

@@ -78,8 +78,8 @@ def train(cfg: DictConfig) -> float:
     dm, net = data.build(cfg.data), checked.net
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
     module = models.Classifier(net, dm.num_classes, instantiate(cfg.optimizer), scheduler)
-    out, started = job_output_dir(cfg), TrainingStarted()
-    callbacks = [*checkpoints(cfg, out, uri), started]
+    out = job_output_dir(cfg)
+    callbacks = checkpoints(cfg, out, uri)
     records = rank_zero_only.rank == 0 and not cfg.trainer.fast_dev_run  # DDP workers: rank 0 does
     ckpt = resume.ckpt_path if resume else None
     if not records:  # Lightning's fast_dev_run is a dry run: nothing is recorded
@@ -92,13 +92,12 @@ def train(cfg: DictConfig) -> float:
 
     run_id = resume.run_id if resume else tracking.open_run(client, experiment_id, cfg, out)
     logger = RunLogger(uri, run_id, resumed=resume is not None)
-    callbacks += build_callbacks(cfg.analysis, dm, resumed=resume is not None)
+    started = TrainingStarted(lambda: reopen(client, resume, cfg, out) if resume else None)
+    callbacks += [started, *build_callbacks(cfg.analysis, dm, resumed=resume is not None)]
     trainer = make_trainer(cfg, logger, out, callbacks)
     hint = f"continue it with: python -m cnnexp <same overrides> resume={run_id}"
     facts = {"n_params": n_params(net), "flops_per_image": flops_per_image(net, dm.input_shape)}
     with tracking.run_status(client, run_id, cfg, hint, lambda: started.started or not resume):
-        if resume:
-            reopen(client, resume, cfg, out)
         logger.log_metrics(facts, step=0)
         start = time.perf_counter()
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)

@@ -1,8 +1,11 @@
 """Callbacks that tests plug into real runs through the CLI (`+callbacks.x._target_=...`)."""
 
+import os
 import time
+from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class FailAtEpoch(L.Callback):
@@ -16,11 +19,36 @@ class FailAtEpoch(L.Callback):
             raise RuntimeError(f"planned failure at epoch {self.epoch}")
 
 
-class SleepPerBatch(L.Callback):
-    """Slow training down, so a test can signal the process while it is inside an epoch."""
+class PauseAt(L.Callback):
+    """At the start of batch `batch` of epoch `epoch`, write the file `marker` and wait there
+    until the file `<marker>.go` appears (or a signal ends the wait): the test acts on an event,
+    the marker, never after a guessed sleep."""
 
-    def __init__(self, seconds: float = 0.05) -> None:
-        self.seconds = seconds
+    def __init__(self, marker: str, epoch: int = 1, batch: int = 2) -> None:
+        self.marker, self.epoch, self.batch = Path(marker), epoch, batch
 
-    def on_train_batch_end(self, *args) -> None:
-        time.sleep(self.seconds)
+    def on_train_batch_start(self, trainer: L.Trainer, module, batch, batch_idx: int) -> None:
+        if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
+            return
+        self.marker.write_text(str(os.getpid()))
+        go = self.marker.with_suffix(".go")
+        while not (go.exists() or trainer.received_sigterm):  # SIGINT raises in the sleep;
+            time.sleep(0.05)  # Lightning's SIGTERM handler sets the flag, then stops the loop
+
+
+class StopAtEpoch(L.Callback):
+    """Stop inside epoch `epoch` (at batch 2) as SIGTERM would: Lightning's SIGTERMException."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer: L.Trainer, module, batch, batch_idx: int) -> None:
+        if (trainer.current_epoch, batch_idx) == (self.epoch, 2):
+            raise SIGTERMException()
+
+
+class FailAtSetup(L.Callback):
+    """Fail before training starts (after the run's checks passed)."""
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        raise RuntimeError("planned failure in setup")

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from cnnexp.config import ConfigError
 from cnnexp.sweeps import SWEEP_TAG
+from cnnexp.tracking.liveness import reap_dead_runs
 from cnnexp.tracking.mlflow_run import check_server_reachable, tracking_uri_key
 
 KIND_TAG = "cnnexp.kind"  # "report" on report runs: never compared themselves
@@ -42,14 +43,17 @@ class Selection:
     dropped: int  # beyond max_runs (the oldest ones)
 
 
-def open_store(uri: str) -> MlflowClient:
-    """A client for `uri`; a missing sqlite file (opening would create it) or a server that
-    does not answer is an error naming the setting the URI came from."""
+def open_store(uri: str, stale_after_s: float) -> MlflowClient:
+    """A client for `uri` whose runs with a dead process are marked FAILED first; a missing
+    sqlite file (opening would create it) or a server that does not answer is an error naming
+    the setting the URI came from."""
     key = tracking_uri_key()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ConfigError(f"{key}: no MLflow store at {uri} (train runs into it first)")
     check_server_reachable(uri, key)
-    return MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
+    reap_dead_runs(client, stale_after_s)
+    return client
 
 
 def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:

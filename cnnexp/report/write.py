@@ -112,7 +112,12 @@ def description(page: Page) -> str:
 
 
 def log_report(
-    client: MlflowClient, spec: ReportSpec, selection: Selection, folder: Path, page: Page
+    client: MlflowClient,
+    spec: ReportSpec,
+    selection: Selection,
+    folder: Path,
+    page: Page,
+    cfg: DictConfig,
 ) -> str:
     """A FINISHED run of the compared experiment holding the report; returns its id."""
     tags = {
@@ -124,7 +129,7 @@ def log_report(
         tags[SWEEP_TAG] = spec.sweep_id
     run = client.create_run(selection.experiment_id, run_name=f"report-{spec.slug}", tags=tags)
     run_id = run.info.run_id
-    with run_status(client, run_id):
+    with run_status(client, run_id, cfg):
         params = {
             "report.experiment": spec.experiment,
             "report.sweep_id": str(spec.sweep_id),
@@ -141,14 +146,14 @@ def report(cfg: DictConfig) -> Path:
     """Compare the selected runs; return the report's folder."""
     spec = report_spec(cfg)
     uri = resolve_tracking_uri(cfg)
-    client = open_store(uri)
+    client = open_store(uri, cfg.logger.stale_after_s)
     selection = select_runs(client, spec.experiment, spec.sweep_id, spec.statuses, spec.max_runs)
     sweep = f" sweep {spec.sweep_id} of" if spec.sweep_id else ""
     title = f"Run comparison:{sweep} experiment {spec.experiment}"
     page = Page(title, notes(spec, selection, uri), comparison_table(selection.runs), FIGURES)
     folder = new_folder(spec.dir, spec.slug)
     write_files(folder, page, selection)
-    run_id = log_report(client, spec, selection, folder, page)
+    run_id = log_report(client, spec, selection, folder, page, cfg)
     print(
         f"\n{markdown_table(page.table)}\n\n{title}: {len(selection.runs)} runs compared\n"
         f"  wrote {folder}/ report.md, report.html, {', '.join(FIGURES)}\n"
