@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf
 from cnnexp.config import ConfigError
 from cnnexp.models.classifier import RUN_ID_KEY
 from cnnexp.tracking import flatten, process_tags
-from cnnexp.tracking.logger import is_outage
 from cnnexp.tracking.mlflow_run import PARAM_VALUE_MAX
 
 log = logging.getLogger(__name__)
@@ -39,19 +38,22 @@ LATEST = "latest.ckpt"
 
 class LatestCheckpoint(Checkpoint):
     """Writes `<dir>/latest.ckpt` at the end of every training epoch (after that epoch's metrics
-    are logged: Lightning runs Checkpoint callbacks after the module's hook) and when training
-    stops on Ctrl-C, SIGTERM or a tracking outage; written to a temporary file, then renamed, so
-    a kill never leaves half a checkpoint. A crash or a diverged loss writes nothing."""
+    are logged: Lightning runs Checkpoint callbacks after the module's hook) and when Ctrl-C or
+    SIGTERM stops training (Lightning then repeats the cut-off epoch on resume); written to a
+    temporary file, then renamed, so a kill never leaves half a checkpoint. A crash, a diverged
+    loss or a tracking outage writes nothing: an outage strikes while an epoch's records are
+    written, so the latest state stays that of the last epoch fully recorded, and the resume
+    trains the unrecorded epoch again."""
 
-    def __init__(self, folder: Path, uri: str) -> None:
-        self.path, self.uri = folder / LATEST, uri
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LATEST
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, error: BaseException):
-        if isinstance(error, KeyboardInterrupt | SystemExit) or is_outage(error, self.uri):
-            self._save(trainer)  # SIGTERMException is a SystemExit
+        if isinstance(error, KeyboardInterrupt | SystemExit):  # SIGTERMException is one
+            self._save(trainer)
             log.warning("training stopped: latest state written to %s", self.path)
 
     def _save(self, trainer: L.Trainer) -> None:

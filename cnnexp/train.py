@@ -30,13 +30,13 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 )  # an advert, not information
 
 
-def checkpoints(cfg: DictConfig, out: Path, uri: str) -> list[L.Callback]:
+def checkpoints(cfg: DictConfig, out: Path) -> list[L.Callback]:
     """The configured callbacks plus the latest-state checkpoint; with
     trainer.enable_checkpointing=false no checkpoint of any kind is written."""
     keep = cfg.trainer.enable_checkpointing is not False
     made = [instantiate(c) for c in cfg.callbacks.values()]
     made = [c for c in made if keep or not isinstance(c, ModelCheckpoint)]
-    return made + ([LatestCheckpoint(out / "checkpoints", uri)] if keep else [])
+    return made + ([LatestCheckpoint(out / "checkpoints")] if keep else [])
 
 
 def make_trainer(
@@ -79,7 +79,7 @@ def train(cfg: DictConfig) -> float:
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
     module = models.Classifier(net, dm.num_classes, instantiate(cfg.optimizer), scheduler)
     out = job_output_dir(cfg)
-    callbacks = checkpoints(cfg, out, uri)
+    callbacks = checkpoints(cfg, out)
     records = rank_zero_only.rank == 0 and not cfg.trainer.fast_dev_run  # DDP workers: rank 0 does
     ckpt = resume.ckpt_path if resume else None
     if not records:  # Lightning's fast_dev_run is a dry run: nothing is recorded

@@ -59,10 +59,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_mlflow_server(root: Path) -> Iterator[MlflowServer]:
-    """`mlflow server` over sqlite:///<root>/server.db, artifacts served from <root>/artifacts."""
+def running_mlflow_server(root: Path, port: int | None = None) -> Iterator[MlflowServer]:
+    """`mlflow server` over sqlite:///<root>/server.db, artifacts served from <root>/artifacts,
+    on `port` (a free one by default; the same root and port restart the same server)."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [
         sys.executable,
@@ -76,7 +77,7 @@ def running_mlflow_server(root: Path) -> Iterator[MlflowServer]:
         f"--port={port}",
         "--workers=1",
     ]
-    log = (root / "server.log").open("w")
+    log = (root / "server.log").open("a")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runner
     proc = subprocess.Popen(
         cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

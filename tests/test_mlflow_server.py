@@ -92,14 +92,11 @@ def test_sweep_logs_runs_curves_and_images_to_a_real_server(mlflow_server, out) 
 
 def test_unreachable_server_stops_the_run_before_training_with_one_line(out) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
-    start = time.monotonic()
     result = run_cli("model=tiny", "data=digits", *FAST, out=out, env={"MLFLOW_TRACKING_URI": url})
-    elapsed = time.monotonic() - start
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [
         f"cnnexp: error: MLFLOW_TRACKING_URI: cannot reach MLflow server {url} (connection refused)"
     ]
-    assert elapsed < 30  # MLflow's own retries took > 90 s here before the probe
     assert not list(out.rglob("*.ckpt")) and not (out / "mlflow.db").exists()
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from urllib.parse import urlparse
@@ -20,17 +21,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
-RETRIES = 4  # MLflow client retries per call when the server does not answer
 
 
 def bound_http_retries(timeout_s: float) -> None:
     """Make every MLflow HTTP call give up within about `timeout_s` seconds (MLflow's default
-    retries for minutes): half the budget for backoff sleeps, half for request timeouts."""
-    backoff = timeout_s / 2 / (2**RETRIES - 1)  # sleeps backoff·(1 + 2 + … + 2^(RETRIES-1))
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(RETRIES)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = f"{backoff:.3f}"
+    retries for minutes): at most half the budget in backoff sleeps (1, 2, 4 … s), the other
+    half in request timeouts."""
+    retries = max(1, int(math.log2(timeout_s / 2 + 1)))  # sleeps add up to 2^retries - 1 s
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, int(timeout_s / 2 / (RETRIES + 1))))
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, int(timeout_s / 2 / (retries + 1))))
 
 
 def is_outage(err: BaseException, uri: str) -> bool:

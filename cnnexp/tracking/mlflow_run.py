@@ -209,8 +209,8 @@ def run_status(
         if is_outage(err, uri):
             raise TrackingUnavailable(
                 f"{tracking_uri_key()}: MLflow server {uri} stopped answering within "
-                f"{cfg.logger.outage_timeout_s:g} s; training stopped with a checkpoint; once the "
-                f"server is back, {on_interrupt}"
+                f"{cfg.logger.outage_timeout_s:g} s; training stopped, its latest state (the last "
+                f"epoch fully recorded) is kept; once the server is back, {on_interrupt}"
             ) from None
         if not started():
             raise
