@@ -75,6 +75,7 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     try:
         main()
-    finally:  # also when a sweeper gives up (Optuna, when no trial completed)
-        code = sweeps.report_failed_jobs()  # one line per failed job of a multirun
-    sys.exit(code)
+    finally:  # also when a sweeper gives up (Optuna) or Ctrl-C stops a job of a sweep
+        code = sweeps.report_jobs()  # a multirun: one line per failed (after Ctrl-C: every) job
+        if code:
+            sys.exit(code)

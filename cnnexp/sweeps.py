@@ -1,27 +1,34 @@
-"""Multirun bookkeeping: the sweep id that tags every job, and the failed jobs listed at the end.
+"""Multirun bookkeeping: the sweep id that tags every job, and what became of every job.
 
 A job may run in this process (basic launcher), a joblib worker or a submitit job on another node,
-so a failed job leaves a record in the sweep dir, which all of them share; the launching process
-reads those records when the sweep ends (`python -m cnnexp -m ...` then exits non-zero).
+so each job keeps its state in the sweep dir, which all of them share (`jobs/<n>.json`: started,
+finished, failed or killed). The launching process reads them when the sweep ends: one line per
+failed job (exit 1, or 2 when every failure was bad input); after Ctrl-C, one line per job of
+the sweep: finished, killed (with its resume command), failed or not started (exit 130).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from cnnexp.config import ConfigError
+from cnnexp.errors import one_line
 
 SWEEP_TAG = "sweep_id"  # run tag: the same value on every job of one multirun
-FAILED_DIR = "failed_jobs"  # in the sweep dir: one <job number>.json per failed job
+JOBS_DIR = "jobs"  # in the sweep dir: <job number>.json, the job's state
+PLANNED = "planned_jobs.json"  # in the sweep dir: every job's overrides, when the sweeper says
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 _sweep_dir: Path | None = None  # set in the launching process when a multirun starts
 
 
@@ -35,47 +42,107 @@ def sweep_id() -> str | None:
     return Path(HydraConfig.get().sweep.dir).name if in_multirun() else None
 
 
-def record_failure(err: Exception) -> None:
-    """Leave this job's failure in the sweep dir, where the launching process finds it."""
+def _write(folder: Path, name: str, record: Any) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f".{name}.{os.getpid()}"
+    part.write_text(json.dumps(record))
+    os.replace(part, folder / name)  # readers never see half a record
+
+
+def _record(state: str, detail: str = "", bad_input: bool = False) -> None:
+    """This job's state, in the sweep dir where the launching process finds it."""
     hydra = HydraConfig.get()
     record = {
         "job": hydra.job.num,
         "overrides": list(hydra.overrides.task),
-        "error": f"{type(err).__name__}: {err}".splitlines()[0][:500],
-        "bad_input": isinstance(err, ConfigError),
+        "state": state,
+        "detail": detail,
+        "bad_input": bad_input,
         "output_dir": hydra.runtime.output_dir,
     }
-    folder = Path(hydra.sweep.dir, FAILED_DIR)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{hydra.job.num}.json").write_text(json.dumps(record))
+    _write(Path(hydra.sweep.dir, JOBS_DIR), f"{hydra.job.num}.json", record)
 
 
-class FailedJobs(Callback):
-    """Hydra callback (conf/config.yaml `hydra.callbacks`): remembers where the sweep writes."""
+def record_failure(err: Exception) -> None:
+    line = one_line(err)
+    detail = line or f"{type(err).__name__}: {err}".splitlines()[0][:500]
+    _record("failed", detail, bad_input=line is not None)
+
+
+def record_killed(run_id: str) -> None:
+    """A job stopped by Ctrl-C or SIGTERM: how to continue its run (nothing outside -m)."""
+    if in_multirun():
+        overrides = " ".join(HydraConfig.get().overrides.task)
+        _record("killed", f"continue it with: python -m cnnexp {overrides} resume={run_id}")
+
+
+def planned_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Every job's overrides, expanded as Hydra's basic sweeper does; None for other sweepers."""
+    if config.hydra.sweeper._target_ != BASIC_SWEEPER:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(params, resolve=False) if params else {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+class JobStates(Callback):
+    """Hydra callback (conf/config.yaml `hydra.callbacks`): each job's state in the sweep dir."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _sweep_dir
         _sweep_dir = Path(config.hydra.sweep.dir)
-        shutil.rmtree(_sweep_dir / FAILED_DIR, ignore_errors=True)  # a rerun into the same dir
+        shutil.rmtree(_sweep_dir / JOBS_DIR, ignore_errors=True)  # a rerun into the same dir
+        _write(_sweep_dir, PLANNED, planned_jobs(config))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if in_multirun():
+            _record("started")
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if in_multirun() and _state(HydraConfig.get().job.num) == "started":
+            _record("finished")
 
 
-def report_failed_jobs() -> int:
-    """Print one line per failed job of the multirun that ran in this process; return the exit
-    code: 0 none failed, 2 every failure was bad input, 1 otherwise."""
+def _state(job: int) -> str | None:
+    path = Path(HydraConfig.get().sweep.dir, JOBS_DIR, f"{job}.json")
+    return json.loads(path.read_text())["state"] if path.exists() else None
+
+
+def report_jobs() -> int:
+    """Say what became of the jobs of the multirun that ran in this process; the exit code."""
     if _sweep_dir is None:
         return 0
-    files = sorted(Path(_sweep_dir, FAILED_DIR).glob("*.json"), key=lambda f: int(f.stem))
-    records = [json.loads(f.read_text()) for f in files]
-    for r in records:
+    files = Path(_sweep_dir, JOBS_DIR).glob("*.json")
+    records = {r["job"]: r for r in (json.loads(f.read_text()) for f in files)}
+    plan = Path(_sweep_dir, PLANNED)
+    planned = (json.loads(plan.read_text()) if plan.exists() else None) or []
+    interrupted = len(records) < len(planned) or any(
+        r["state"] in ("started", "killed") for r in records.values()
+    )
+    if interrupted:
+        for job in range(max(len(planned), max(records, default=-1) + 1)):
+            print(_job_line(job, records.get(job), planned), file=sys.stderr)
+        return 128 + signal.SIGINT
+    failed = [r for r in records.values() if r["state"] == "failed"]
+    for r in sorted(failed, key=lambda r: r["job"]):
         print(
-            f"cnnexp: error: job {r['job']} failed: {r['error']} "
+            f"cnnexp: error: job {r['job']} failed: {r['detail']} "
             f"(overrides: {' '.join(r['overrides'])}; outputs: {r['output_dir']})",
             file=sys.stderr,
         )
-    if not records:
+    if not failed:
         return 0
-    return 2 if all(r["bad_input"] for r in records) else 1
+    return 2 if all(r["bad_input"] for r in failed) else 1
 
 
-def record_killed(run_id: str) -> None:  # TEMPORARY: the liveness branch brings the real one
-    return None
+def _job_line(job: int, record: dict | None, planned: list[list[str]]) -> str:
+    if record is None:
+        overrides = " ".join(planned[job]) if job < len(planned) else "?"
+        return f"cnnexp: job {job} not started (overrides: {overrides})"
+    state = "killed" if record["state"] == "started" else record["state"]
+    detail = f": {record['detail']}" if record["detail"] else ""
+    return f"cnnexp: job {job} {state}{detail} (overrides: {' '.join(record['overrides'])})"

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
@@ -24,11 +25,13 @@ class PauseAt(L.Callback):
     until the file `<marker>.go` appears (or a signal ends the wait): the test acts on an event,
     the marker, never after a guessed sleep."""
 
-    def __init__(self, marker: str, epoch: int = 1, batch: int = 2) -> None:
-        self.marker, self.epoch, self.batch = Path(marker), epoch, batch
+    def __init__(self, marker: str, epoch: int = 1, batch: int = 2, job: int | None = None) -> None:
+        self.marker, self.epoch, self.batch, self.job = Path(marker), epoch, batch, job
 
     def on_train_batch_start(self, trainer: L.Trainer, module, batch, batch_idx: int) -> None:
         if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
+            return
+        if self.job is not None and HydraConfig.get().job.num != self.job:  # -m: that job only
             return
         self.marker.write_text(str(os.getpid()))
         go = self.marker.with_suffix(".go")
