@@ -29,7 +29,8 @@ def test_one_epoch_run_lands_in_mlflow(out) -> None:
     assert run.data.params["trainer.max_epochs"] == "2"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "config.yaml" in artifacts
-    assert any(a.startswith("best-epoch=") for a in artifacts), artifacts
+    [best] = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert best.startswith("checkpoints/best-epoch=") and best.endswith(".ckpt"), artifacts
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.artifact_location.startswith(f"file://{out}")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -82,8 +82,11 @@ def test_interrupted_run_is_killed_with_its_latest_state_and_resumes_into_the_sa
     out, sig, exit_code, resume_by
 ) -> None:
     proc, _ = start_paused(out)
-    proc.send_signal(sig)
-    output, _ = proc.communicate(timeout=120)
+    try:
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # a no-op when it ended; no stray process when it did not
     assert proc.returncode == exit_code, output[-2000:]
     [run] = all_runs(out)
     run_id = run.info.run_id

@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from tests.conftest import run_cli
 from tests.mlflow_server import running_mlflow_server
 from tests.test_faults import TINY, start_paused
 
@@ -40,7 +41,10 @@ def test_server_outage_stops_training_and_the_resume_finishes_the_same_run(tmp_p
         [run] = runs(server.url)
         run_id = run["info"]["run_id"]
     marker.with_suffix(".go").write_text("")  # the server is down; training goes on
-    output, _ = proc.communicate(timeout=180)
+    try:
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
     assert proc.returncode == 2, output[-3000:]
     assert "Traceback" not in output
     last = output.strip().splitlines()[-1]
@@ -49,8 +53,6 @@ def test_server_outage_stops_training_and_the_resume_finishes_the_same_run(tmp_p
     assert list(out.glob("runs/*/*/checkpoints/latest.ckpt"))
 
     with running_mlflow_server(root, port=int(server.url.rsplit(":", 1)[1])) as again:
-        from tests.conftest import run_cli
-
         env = {"MLFLOW_TRACKING_URI": again.url}
         result = run_cli(
             *TINY, "trainer.max_epochs=4", bounded, f"resume={run_id}", out=out, env=env
