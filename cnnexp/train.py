@@ -91,13 +91,13 @@ def train(cfg: DictConfig) -> float:
         return float("nan")
 
     run_id = resume.run_id if resume else tracking.open_run(client, experiment_id, cfg, out)
-    logger = RunLogger(uri, run_id, resumed=resume is not None)
     started = TrainingStarted(lambda: reopen(client, resume, cfg, out) if resume else None)
-    callbacks += [started, *build_callbacks(cfg.analysis, dm, resumed=resume is not None)]
-    trainer = make_trainer(cfg, logger, out, callbacks)
     hint = f"continue it with: python -m cnnexp <same overrides> resume={run_id}"
     facts = {"n_params": n_params(net), "flops_per_image": flops_per_image(net, dm.input_shape)}
     with tracking.run_status(client, run_id, cfg, hint, lambda: started.started or not resume):
+        logger = RunLogger(uri, run_id, resumed=resume is not None)
+        callbacks += [started, *build_callbacks(cfg.analysis, dm, resumed=resume is not None)]
+        trainer = make_trainer(cfg, logger, out, callbacks)
         logger.log_metrics(facts, step=0)
         start = time.perf_counter()
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
