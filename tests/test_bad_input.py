@@ -61,6 +61,7 @@ BAD_INPUTS = [  # (overrides, the start of the one line)
     (["data.batch_size=0"], "data.batch_size: 0 is not allowed (allowed: an integer >= 1)"),
     (["data=image_folder"], "data.path: no value given"),
     (["data=image_folder", "data.path=/no/such/folder"], "data.path: '/no/such/folder' is not"),
+    (["data=image_folder", "data.path=ONE_CLASS"], "data.path: ONE_CLASS holds images of 1 class"),
     (["data=mnist", "data.download=false"], "data.root: MNIST data missing"),
     (["task=fly"], "task: 'fly' is not allowed (allowed: train, inspect, report)"),
     (["logger.experiment_name="], "logger.experiment_name: empty (allowed: a non-empty name)"),
@@ -74,8 +75,16 @@ BAD_INPUTS = [  # (overrides, the start of the one line)
 ]
 
 
+def one_class_folder(root: Path) -> Path:
+    (root / "cats").mkdir(parents=True)
+    (root / "cats" / "a.png").write_bytes(b"")  # counted by name; never read: refused first
+    return root
+
+
 def one_line_for(overrides: list[str], out: Path) -> str:
     """The line the CLI would print for these overrides (composition errors included)."""
+    folder = str(one_class_folder(out.parent / "one_class"))
+    overrides = [o.replace("ONE_CLASS", folder) for o in overrides]
     data_root = [f"data.root={out}/data"] if "data=mnist" in overrides else []
     try:
         train(compose_job_cfg(out, *TINY, *overrides, *data_root))
@@ -89,6 +98,7 @@ def one_line_for(overrides: list[str], out: Path) -> str:
 @pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS)
 def test_bad_input_is_one_line_before_any_run(overrides, message, out, compose_job) -> None:
     line = one_line_for(overrides, out)  # compose_job: HydraConfig unset afterwards
+    message = message.replace("ONE_CLASS", str(out.parent / "one_class"))
     assert line.startswith(message) and "\n" not in line, line
     assert all_runs(out) == []  # not even a FAILED one
 
