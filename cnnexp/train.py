@@ -9,14 +9,13 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from cnnexp import data, models, sweeps, tracking
+from cnnexp import data, models, tracking
 from cnnexp.analysis.callbacks import build_callbacks
-from cnnexp.config import ConfigError, job_output_dir
+from cnnexp.config import job_output_dir
 from cnnexp.models.facts import flops_per_image, n_params, throughput
 from cnnexp.resume import LatestCheckpoint, TrainingStarted, locate, reopen
 from cnnexp.tracking.logger import RunLogger
@@ -42,20 +41,9 @@ def checkpoints(cfg: DictConfig, out: Path) -> list[L.Callback]:
 def make_trainer(
     cfg: DictConfig, logger: RunLogger | bool, out: Path, callbacks: list
 ) -> L.Trainer:
-    trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        logger=logger,
-        callbacks=callbacks,
-        default_root_dir=out,
-    )
-    relaunches = isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
-    if relaunches and sweeps.in_multirun():
-        raise ConfigError(
-            "trainer.strategy: DDP starts its workers by re-running the command line, which a "
-            "-m sweep cannot do (run one DDP training per command, or sweep with "
-            "hydra/launcher=slurm and hydra.launcher.tasks_per_node=<devices>)"
-        )
-    return trainer
+    """The Trainer of `cfg.trainer` (validate checked it on a probe)."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return L.Trainer(**trainer, logger=logger, callbacks=callbacks, default_root_dir=out)
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:

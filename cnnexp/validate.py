@@ -21,7 +21,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cnnexp import data, models
+from cnnexp import data, models, sweeps
 from cnnexp.config import ConfigError, check_mapping, check_settings, plain
 from cnnexp.features.run import orb_settings
 
@@ -107,15 +107,17 @@ def check_optimization(cfg: DictConfig, net: nn.Module | None) -> None:
 
 
 def check_trainer(trainer: DictConfig) -> None:
-    """Lightning's own checks of the Trainer arguments, on a probe Trainer that logs nothing."""
+    """Lightning's own checks of the Trainer arguments, on a probe Trainer that logs nothing;
+    and no DDP that re-runs the command line inside a -m sweep."""
     import lightning as L
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
     quiet = logging.getLogger("lightning.pytorch")
     level, quiet.level = quiet.level, logging.ERROR
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _applied(
+            probe = _applied(
                 trainer,
                 "trainer",
                 L.Trainer,
@@ -124,6 +126,12 @@ def check_trainer(trainer: DictConfig) -> None:
             )
     finally:
         quiet.level = level
+    if isinstance(probe.strategy.launcher, _SubprocessScriptLauncher) and sweeps.in_multirun():
+        raise ConfigError(
+            "trainer.strategy: DDP starts its workers by re-running the command line, which a "
+            "-m sweep cannot do (run one DDP training per command, or sweep with "
+            "hydra/launcher=slurm and hydra.launcher.tasks_per_node=<devices>)"
+        )
 
 
 def _partial(cls: Callable, spec: dict) -> Callable:
