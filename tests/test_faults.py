@@ -84,7 +84,7 @@ def test_interrupted_run_is_killed_with_its_latest_state_and_resumes_into_the_sa
     proc, _ = start_paused(out)
     try:
         proc.send_signal(sig)
-        output, _ = proc.communicate(timeout=120)
+        output, _ = proc.communicate(timeout=300)
     finally:
         proc.kill()  # a no-op when it ended; no stray process when it did not
     assert proc.returncode == exit_code, output[-2000:]
