@@ -39,9 +39,10 @@ def start_paused(out: Path, *extra: str, env: dict | None = None) -> tuple[subpr
     marker = out.parent / "paused"
     cmd = [sys.executable, "-m", "cnnexp", f"paths.output_dir={out}", *TINY]
     cmd += ["trainer.max_epochs=4", *pause_at(marker), *extra]
-    proc = subprocess.Popen(
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # MLflow sets it
+    proc = subprocess.Popen(  # in-process (mlflow.set_tracking_uri): this run has its own store
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        env={**base, "PYTHONUNBUFFERED": "1", **(env or {})},
     )  # fmt: skip
     deadline = time.monotonic() + 180
     while not marker.exists():
