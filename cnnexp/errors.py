@@ -22,7 +22,7 @@ def one_line(err: BaseException) -> str | None:
     if isinstance(err, ConfigError):
         return str(err)
     if isinstance(err, OverrideParseException):
-        return f"{err.override}: cannot parse this override ({_first(err.message)})"
+        return f"{err.override}: cannot parse this override ({first_line(err.message)})"
     if isinstance(err, MissingConfigException):
         return _missing_option(err)
     cause = _omegaconf_cause(err)
@@ -41,8 +41,14 @@ def one_line(err: BaseException) -> str | None:
     return None
 
 
-def _first(text: str) -> str:
+def first_line(text: str) -> str:
+    """The first non-blank line of `text`, stripped ('' if none)."""
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def resume_hint(run_id: str, overrides: str = "<same overrides>") -> str:
+    """How to continue a run, as every message that stops one says it."""
+    return f"continue it with: python -m cnnexp {overrides} resume={run_id}"
 
 
 def _omegaconf_cause(err: BaseException) -> OmegaConfBaseException | None:
@@ -54,7 +60,7 @@ def _omegaconf_cause(err: BaseException) -> OmegaConfBaseException | None:
 
 
 def _omegaconf_line(err: OmegaConfBaseException) -> str:
-    key, msg = err.full_key, _first(err.msg or str(err))
+    key, msg = err.full_key, first_line(err.msg or str(err))
     missing = re.match(r"Key '([^']+)' (?:not in|is not in struct)", msg)
     if missing:
         where = key.rpartition(".")[0]
@@ -77,7 +83,7 @@ def _missing_option(err: MissingConfigException) -> str:
     text = str(err)
     found = re.search(r"Could not find '([^']+)'", text)
     if not found:
-        return _first(text)
+        return first_line(text)
     group, _, option = found.group(1).rpartition("/")
     options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
     allowed = ", ".join(o for o in options if not o.startswith("_"))

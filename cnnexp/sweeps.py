@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cnnexp.errors import one_line
+from cnnexp.errors import one_line, resume_hint
 
 SWEEP_TAG = "sweep_id"  # run tag: the same value on every job of one multirun
 JOBS_DIR = "jobs"  # in the sweep dir: <job number>.json, the job's state
@@ -73,7 +73,7 @@ def record_killed(run_id: str) -> None:
     """A job stopped by Ctrl-C or SIGTERM: how to continue its run (nothing outside -m)."""
     if in_multirun():
         overrides = " ".join(HydraConfig.get().overrides.task)
-        _record("killed", f"continue it with: python -m cnnexp {overrides} resume={run_id}")
+        _record("killed", resume_hint(run_id, overrides))
 
 
 def planned_jobs(config: DictConfig) -> list[list[str]] | None:

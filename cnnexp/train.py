@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnexp import data, models, tracking
 from cnnexp.analysis.callbacks import build_callbacks
 from cnnexp.config import job_output_dir
+from cnnexp.errors import resume_hint
 from cnnexp.models.facts import flops_per_image, n_params, throughput
 from cnnexp.resume import LatestCheckpoint, TrainingStarted, locate, reopen
 from cnnexp.tracking.logger import RunLogger
@@ -80,7 +81,7 @@ def train(cfg: DictConfig) -> float:
 
     run_id = resume.run_id if resume else tracking.open_run(client, experiment_id, cfg, out)
     started = TrainingStarted(lambda: reopen(client, resume, cfg, out) if resume else None)
-    hint = f"continue it with: python -m cnnexp <same overrides> resume={run_id}"
+    hint = resume_hint(run_id)
     facts = {"n_params": n_params(net), "flops_per_image": flops_per_image(net, dm.input_shape)}
     with tracking.run_status(client, run_id, cfg, hint, lambda: started.started or not resume):
         logger = RunLogger(uri, run_id, resumed=resume is not None)

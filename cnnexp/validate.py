@@ -23,6 +23,7 @@ from torch import nn
 
 from cnnexp import data, models, sweeps
 from cnnexp.config import ConfigError, check_mapping, check_settings, plain
+from cnnexp.errors import first_line
 from cnnexp.features.run import orb_settings
 
 PROBE_EPOCHS = 3  # scheduler steps tried: T_max=0 or step_size=0 fail at the first one
@@ -153,7 +154,7 @@ def _applied(
     try:
         return use(make(spec))
     except Exception as err:  # torch and Lightning raise ValueError, TypeError, Misconfiguration…
-        reason = _first_line(err)
+        reason = first_line(str(err)) or type(err).__name__
     defaults = {
         name: p.default
         for name, p in inspect.signature(target).parameters.items()
@@ -171,8 +172,3 @@ def _applied(
         key = suspects[0]
         raise ConfigError(f"{where}.{key}: {spec[key]!r} is not allowed ({reason})")
     raise ConfigError(f"{where}: {reason}")
-
-
-def _first_line(err: Exception) -> str:
-    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    return text or type(err).__name__

@@ -19,6 +19,8 @@ from pathlib import Path
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from cnnexp.errors import resume_hint
+
 log = logging.getLogger(__name__)
 HOST_TAG, PID_TAG, START_TAG, HEARTBEAT_TAG = (
     "cnnexp.host",
@@ -26,7 +28,6 @@ HOST_TAG, PID_TAG, START_TAG, HEARTBEAT_TAG = (
     "cnnexp.pid_start",
     "cnnexp.heartbeat",
 )
-RESUME_HINT = "continue it with: python -m cnnexp <same overrides> resume={run_id}"
 
 
 def process_start(pid: int) -> str:
@@ -123,7 +124,7 @@ def reap_dead_runs(client: MlflowClient, stale_after_s: float = 600.0) -> list[s
         if reason is None:
             continue
         run_id = run.info.run_id
-        client.set_tag(run_id, "error", f"{reason}; {RESUME_HINT.format(run_id=run_id)}")
+        client.set_tag(run_id, "error", f"{reason}; {resume_hint(run_id)}")
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         reaped.append(run_id)
     return reaped
