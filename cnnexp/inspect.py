@@ -13,9 +13,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from cnnexp import data, models
+from cnnexp.analysis.architecture import architecture_figure, model_figure
 from cnnexp.analysis.receptive_field import receptive_fields
-from cnnexp.config import ConfigError
+from cnnexp.config import job_output_dir
 from cnnexp.models.facts import flop_counts, flops_per_image, n_params
+from cnnexp.models.reference import torchvision_net
 
 TORCHVISION_SHAPE = (3, 224, 224)
 
@@ -36,29 +38,24 @@ def inspect(cfg: DictConfig) -> list[LayerRow]:
     """Print the configured net (or `cfg.inspect_model` from torchvision) and return its rows."""
     name = cfg.get("inspect_model")
     if name:
-        net, input_shape, title = torchvision_model(name), TORCHVISION_SHAPE, f"torchvision {name}"
+        net = torchvision_net(name, TORCHVISION_SHAPE, 1000, where="inspect_model")
+        input_shape, title = TORCHVISION_SHAPE, f"torchvision {name}"
+        picture = architecture_figure(net, input_shape, title=title)
     else:
-        dm = data.build(cfg.data)
-        input_shape = dm.input_shape
-        net = models.build(cfg.model, input_shape, dm.num_classes)
+        info = data.check(cfg.data)
+        input_shape = info.input_shape
+        net = models.build(cfg.model, input_shape, len(info.class_names))
         title = f"{cfg.model.name} on {cfg.data.name}"
+        picture = model_figure(cfg.model, net, input_shape)
     rows = layer_rows(net, input_shape)
     print(f"{title}: input {'x'.join(map(str, input_shape))}\n{format_rows(rows)}")
     flops = flops_per_image(net, input_shape)
     print(f"total: params {n_params(net):,}  FLOPs/image {flops:,} ({flops / 1e6:.2f} M)")
+    path = job_output_dir(cfg) / "architecture.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.savefig(path, dpi=110)
+    print(f"architecture picture: {path}")
     return rows
-
-
-def torchvision_model(name: str) -> nn.Module:
-    from torchvision import models as tv
-
-    names = tv.list_models(module=tv)
-    if name not in names:
-        raise ConfigError(
-            f"inspect_model: unknown torchvision classification model {name!r} "
-            f"(e.g. {', '.join(n for n in names if n.startswith('resnet'))})"
-        )
-    return tv.get_model(name, weights=None)
 
 
 def layer_rows(net: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerRow]:

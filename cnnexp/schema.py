@@ -132,7 +132,7 @@ DATA_SCHEMAS: dict[str, type[DataConf]] = {
 
 # ---- models: one schema per kind ----
 @dataclass
-class CnnModelConf:  # a block list (cnnexp/models/blocks.py) trained by Lightning
+class CnnModelConf:  # a block graph (cnnexp/models/blocks.py) trained by Lightning
     kind: str = setting("cnn", choices=["cnn"])
     name: str = MISSING
     activation: str = "relu"  # a name of cnnexp.models.ACTIVATIONS
@@ -145,7 +145,16 @@ class CnnModelConf:  # a block list (cnnexp/models/blocks.py) trained by Lightni
     )
     batch_norm: bool = True  # after every conv (a block's own batch_norm wins)
     head: str = setting("gap", choices=HEADS)
+    width: float = setting(1.0, gt=0)  # multiplies every conv's channels (depthwise stays so)
     blocks: list[Any] = MISSING
+
+
+@dataclass
+class TorchvisionModelConf:  # a torchvision classifier, random init, adapted to the data
+    kind: str = setting("torchvision", choices=["torchvision"])
+    arch: str = "resnet18"  # a name of torchvision.models.list_models(module=torchvision.models)
+    name: str = "${.arch}"
+    activation: str = "builtin"  # its own; keeps run names <model>-<activation>-<data>
 
 
 @dataclass
@@ -262,5 +271,6 @@ def register() -> None:
     store.store(name="_config_schema", node=Config)
     store.store(group="model", name="_cnn", node=CnnModelConf)
     store.store(group="model", name="_orb_bovw", node=OrbModelConf)
+    store.store(group="model", name="_torchvision", node=TorchvisionModelConf)
     for name, schema in DATA_SCHEMAS.items():
         store.store(group="data", name=f"_{name}", node=schema)

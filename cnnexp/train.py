@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from cnnexp import data, models, tracking
+from cnnexp.analysis.architecture import model_figure
 from cnnexp.analysis.callbacks import build_callbacks
 from cnnexp.config import job_output_dir
 from cnnexp.errors import resume_hint
@@ -88,6 +89,9 @@ def train(cfg: DictConfig) -> float:
         callbacks += [started, *build_callbacks(cfg.analysis, dm, resumed=resume is not None)]
         trainer = make_trainer(cfg, logger, out, callbacks)
         logger.log_metrics(facts, step=0)
+        if not resume:
+            picture = model_figure(cfg.model, net, dm.input_shape)
+            client.log_figure(run_id, picture, "architecture.png")
         start = time.perf_counter()
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
         fit_seconds = time.perf_counter() - start

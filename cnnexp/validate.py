@@ -45,10 +45,10 @@ def validate(cfg: DictConfig) -> Checked:
     _check_output_dir(Path(cfg.paths.output_dir))
     info = data.check(cfg.data)
     net = None
-    if cfg.model.kind == "cnn":
-        net = models.build(cfg.model, info.input_shape, len(info.class_names))
-    else:
+    if cfg.model.kind == "orb_bovw":
         orb_settings(cfg.model, info.input_shape[1:])
+    else:
+        net = models.build(cfg.model, info.input_shape, len(info.class_names))
     check_optimization(cfg, net)
     for name, callback in cfg.callbacks.items():
         check_target(callback, f"callbacks.{name}")

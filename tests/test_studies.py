@@ -35,6 +35,17 @@ STUDIES = {  # study -> the overrides of each job, in the order Hydra launches t
     "epochs_fit": [[f"trainer.max_epochs={n}"] for n in (2, 5, 10, 20, 40)],
     "receptive_field": [[f"model={m}"] for m in RF_LADDER],
     "orb_vs_cnn": [["model=orb_bovw"], ["model=stacked3x3"]],
+    "residual": [
+        [f"model={m}", f"model.activation={a}"]
+        for m, a in product(["deep", "deep_residual"], ["sigmoid", "relu"])
+    ],
+    "inception_1x1": [
+        [f"model={m}", f"seed={s}"]
+        for m, s in product(["inception_small", "inception_no1x1"], range(2))
+    ],
+    "depthwise": [
+        [f"model={m}", f"seed={s}"] for m, s in product(["stacked3x3", "mobilenet_small"], range(2))
+    ],
 }
 
 
@@ -144,3 +155,41 @@ def test_receptive_field_study_runs_end_to_end_shrunk(out) -> None:
     assert store(out).get_experiment(runs[0].info.experiment_id).name == "receptive_field"
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
     assert all(r.data.params["data.distance"] == "16" for r in runs)
+
+
+def convs(net: nn.Module) -> list[tuple[int, int, int]]:
+    """(kernel, in, out channels) of every conv, in order (a residual's projection included)."""
+    return [
+        (m.kernel_size[0], m.in_channels, m.out_channels)
+        for m in net.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+
+
+def test_residual_study_adds_only_shortcuts_to_the_deep_net() -> None:
+    study = "+experiment=residual"
+    plain, shortcut = (net_of(study, f"model={m}")[0] for m in ("deep", "deep_residual"))
+    assert convs(plain) == convs(shortcut)  # same convs, widths, no projection
+    assert n_params(plain) == n_params(shortcut)
+    assert rf(study, "model=deep") == rf(study, "model=deep_residual")
+    assert compose_cfg(study, "model=deep_residual").model.batch_norm is False
+
+
+def test_inception_study_differs_only_by_the_reductions() -> None:
+    study = "+experiment=inception_1x1"
+    reduced, full = (net_of(study, f"model={m}") for m in ("inception_small", "inception_no1x1"))
+    assert rf(study, "model=inception_small") == rf(study, "model=inception_no1x1")
+    reductions = [c for c in convs(reduced[0]) if c not in convs(full[0])]
+    assert reductions and {k for k, _, _ in reductions} <= {1, 3, 5}
+    assert n_params(reduced[0]) < n_params(full[0]) / 2
+    assert flops_per_image(*reduced) < flops_per_image(*full) / 2
+
+
+def test_depthwise_study_keeps_widths_and_field_and_cuts_weights() -> None:
+    study = "+experiment=depthwise"
+    dense, separable = (net_of(study, f"model={m}") for m in ("stacked3x3", "mobilenet_small"))
+    assert rf(study, "model=stacked3x3") == rf(study, "model=mobilenet_small")
+    depthwise = [m for m in separable[0].modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert [m.groups for m in depthwise] == [32, 32, 64]
+    assert n_params(separable[0]) < n_params(dense[0]) / 4
+    assert flops_per_image(*separable) < flops_per_image(*dense) / 4

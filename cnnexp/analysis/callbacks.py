@@ -151,7 +151,7 @@ class KernelLogger(SnapshotLogger):
         if not blocks:
             return
         name, block = next(iter(blocks.items()))
-        w = block.conv.weight.detach().float().cpu()
+        w = getattr(block, "conv", block).weight.detach().float().cpu()
         w = w / (2 * w.abs().max().clamp_min(1e-12)) + 0.5  # [-max, max] -> [0, 1]
         tiles = [to_rgb(k if k.shape[0] == 3 else k[:1]) for k in w]
         cols = math.ceil(math.sqrt(len(tiles)))

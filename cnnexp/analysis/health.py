@@ -1,7 +1,9 @@
 """Activation health of conv blocks: dead ReLU units, saturated sigmoid/tanh, mean and spread.
 
-A conv block is each `features.convN` (conv, bn, act) of a cnnexp net; its output is taken after
-the activation, so the numbers describe what the next layer actually receives.
+A conv block is each `convN` (conv, bn, act) of a cnnexp net, wherever it sits in the graph (inside
+residual, parallel or repeated blocks too); its output is taken after the activation, so the
+numbers describe what the next layer actually receives. In any other net (a torchvision reference)
+each Conv2d is a block, named by its qualified name.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ EPS = 0.01  # "saturated" = within EPS of the activation's bounds
 
 
 def conv_blocks(net: nn.Module) -> dict[str, nn.Module]:
-    """{"conv1": block, ...}: the `features.convN` blocks of a cnnexp net, in order."""
-    features = getattr(net, "features", None)
-    if features is None:
-        return {}
-    return {name: m for name, m in features.named_children() if name.startswith("conv")}
+    """{"conv1": block, ...}: the conv blocks of `net` in definition (= forward) order."""
+    from cnnexp.models.blocks import ConvBlock
+
+    found = {name.rpartition(".")[2]: m for name, m in net.named_modules() if type(m) is ConvBlock}
+    if found:
+        return found
+    return {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
 
 
 def block_activation(block: nn.Module) -> nn.Module | None:
