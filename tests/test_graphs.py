@@ -5,6 +5,7 @@ equal the hand computation; torchvision reference nets adapt to the data."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from cnnexp.config import ConfigError
 from cnnexp.models import blocks as B
 from cnnexp.models.blocks import build_net, plan_net
 from cnnexp.models.reference import torchvision_net
+from tests.conftest import FAST, all_runs, run_cli, store
 
 C3 = {"conv": 3, "channels": 8}
 BAD = [
@@ -284,3 +286,55 @@ def test_torchvision_arch_too_large_for_the_input_is_one_line() -> None:
         torchvision_net("vit_b_16", (1, 28, 28), 10)
     with pytest.raises(ConfigError, match="model.arch: unknown value 'resnet19'.*did you mean"):
         torchvision_net("resnet19", (1, 28, 28), 10)
+
+
+# ---- end to end, through the CLI ----
+GRAPH = (
+    "model.blocks=[{conv:3,channels:4},{residual:[{conv:3,channels:4},"
+    "{conv:3,channels:4,activation:none}]},{parallel:[[{conv:1,channels:2}],"
+    "[{pool:max,size:3,stride:1,padding:1},{conv:3,channels:2}]]}]"
+)
+
+
+def test_cli_bad_nested_block_is_one_line_and_opens_no_run(out) -> None:
+    bad = GRAPH.replace("{conv:3,channels:2}", "{conv:3,channels:2,strid:2}")
+    result = run_cli("model=tiny", "data=digits", bad, out=out)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "cnnexp: error: model.blocks[2].parallel[1][1].strid: unknown key (did you mean "
+        "model.blocks[2].parallel[1][1].stride?; allowed: activation, batch_norm, bias, "
+        "channels, conv, dilation, groups, padding, stride)\n"
+    )
+    assert not all_runs(out)
+
+
+@pytest.mark.slow
+def test_graph_run_is_analysed_per_conv_and_pictured(out) -> None:
+    result = run_cli("model=tiny", "data=digits", GRAPH, *FAST, "data.train_size=200", out=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = all_runs(out)
+    client, run_id = store(out), run.info.run_id
+    paths = {a.path for a in client.list_artifacts(run_id)}
+    assert "architecture.png" in paths
+    images = {a.path.split("+")[0] for a in client.list_artifacts(run_id, "images")}
+    convs = [f"conv{i}" for i in range(1, 6)]  # stem, residual body (2), branches (2)
+    assert {f"images/feature_maps~{c}" for c in convs} <= images
+    assert all(f"health/{c}/mean" in run.data.metrics for c in convs)
+    assert (
+        run.data.metrics["receptive_field"] == 11
+    )  # 3; body +2 +2 = 7; widest branch: pool +2, conv +2
+    text = client.download_artifacts(run_id, "receptive_field.txt", str(out))
+    assert "features.par1.out" in Path(text).read_text()
+
+
+@pytest.mark.slow
+def test_torchvision_reference_trains_and_is_analysed(out) -> None:
+    args = ("model=torchvision", "model.arch=resnet18", "data=digits", "data.train_size=100")
+    result = run_cli(*args, *FAST, out=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = all_runs(out)
+    assert run.info.run_name == "resnet18-builtin-digits" and run.info.status == "FINISHED"
+    assert run.data.params["model.arch"] == "resnet18"
+    assert run.data.metrics["n_params"] == 11_175_370  # 1 input channel, 10 classes
+    assert "health/layer4.1.conv2/mean" in run.data.metrics
+    assert "architecture.png" in {a.path for a in store(out).list_artifacts(run.info.run_id)}
