@@ -338,3 +338,23 @@ def test_torchvision_reference_trains_and_is_analysed(out) -> None:
     assert run.data.metrics["n_params"] == 11_175_370  # 1 input channel, 10 classes
     assert "health/layer4.1.conv2/mean" in run.data.metrics
     assert "architecture.png" in {a.path for a in store(out).list_artifacts(run.info.run_id)}
+
+
+def test_architecture_picture_has_a_box_per_block_with_shape_params_and_rf() -> None:
+    from cnnexp.analysis.architecture import architecture_figure
+
+    raw = [
+        C3,
+        {"residual": [C3, C3]},
+        {"parallel": [[C3], [{"pool": "max", "size": 3, "stride": 1, "padding": 1}, C3]]},
+    ]
+    plan = plan_net(raw, (1, 8, 8))
+    net = build_net(plan, 2, "gap", None)
+    fig = architecture_figure(net, (1, 8, 8), plan, "example")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    for node in plan.walk():
+        assert any(t.startswith(f"{node.name} ") for t in texts), node.name
+    assert "8×8×8  ·  592 params  ·  RF 5" in texts  # conv2: 8·8·9 weights + BN 2·8; 3 + 2
+    assert "identity" in texts and "concatenate channels" in texts
+    # the parallel block: two such convs; RF 7 after the residual, widest branch pool + conv: 11
+    assert "16×8×8  ·  1,184 params  ·  RF 11" in texts

@@ -219,7 +219,9 @@ def _draw(ax, box: Box, x: float, y: float) -> float:
         cx = left + w / 2
         _arrow(ax, x, y, cx, y + HEADER)
         _, bottom = _draw_column(ax, column, cx, y + HEADER)
-        _arrow(ax, cx, bottom, x, merge_y)
+        join = merge_y - GAP / 2  # short columns run straight down first: no line crosses a box
+        ax.plot([cx, cx], [bottom, join], color="#555555", lw=0.8)
+        _arrow(ax, cx, join, x, merge_y)
         left += w + GAP
     _draw(ax, box.merge, x, merge_y)
     return y + height
