@@ -4,6 +4,9 @@
   progress bar) over a hand-written loop training the same net on the same tensors and batches.
 - analysis overhead: the same CLI run with the insight callbacks (analysis=default) over
   analysis=none.
+- model pairs of the studies (depthwise-separable vs stacked 3×3, Inception without vs with its
+  1×1 reductions): training and inference images/s of one against the other, measured in
+  interleaved rounds (A, B, A, B, …) so the machine's swings hit both; median and spread.
 - `python -m cnnexp --help`: wall time (it must not import torch).
 Writes outputs/bench.json. Timings, never assertions: compare ratios, not seconds.
 """
@@ -11,6 +14,7 @@ Writes outputs/bench.json. Timings, never assertions: compare ratios, not second
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +72,33 @@ def runner_seconds(overrides: list[str], out: Path) -> float:
     return run.data.metrics["fit_seconds"]
 
 
+MODEL_PAIRS = [("mobilenet_small", "stacked3x3"), ("inception_no1x1", "inception_small")]
+
+
+def model_speed_ratios(rounds: int = 7) -> dict[str, float]:
+    """images/s of A over B per round, A and B timed back to back; median, min and max."""
+    from cnnexp.models.facts import throughput
+
+    schema.register()
+    results: dict[str, float] = {}
+    for a, b in MODEL_PAIRS:
+        nets = {}
+        for name in (a, b):
+            with initialize_config_dir(str(repo_root() / "conf"), version_base="1.3"):
+                cfg = compose("config", overrides=[f"model={name}"])
+            nets[name] = models.build(cfg.model, (1, 28, 28), 10)
+        batch = torch.randn(64, 1, 28, 28)
+        for train in (True, False):
+            ratios = sorted(
+                throughput(nets[a], batch, train) / throughput(nets[b], batch, train)
+                for _ in range(rounds)
+            )
+            key = f"{a}_vs_{b}_{'train' if train else 'infer'}"
+            results[key] = statistics.median(ratios)
+            results[f"{key}_min"], results[f"{key}_max"] = ratios[0], ratios[-1]
+    return results
+
+
 def help_seconds(repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
@@ -91,9 +122,10 @@ def main() -> None:
     results["plain_epoch_s"] = plain_loop_seconds(BENCH_ARGS) / EPOCHS
     results["runner_vs_plain"] = results["runner_epoch_s"] / results["plain_epoch_s"]
     results["analysis_vs_none"] = results["analysis_epoch_s"] / results["runner_epoch_s"]
+    results |= model_speed_ratios()
     results["help_s"] = help_seconds()
     for key, value in results.items():
-        print(f"{key:>18}: {value:.3f}")
+        print(f"{key:>42}: {value:.3f}")
     print(
         "target: runner_vs_plain <= 1.10, analysis_vs_none <= 1.05, help_s <= 1.0",
         f"({torch.get_num_threads()} threads)",
