@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 train: $(STAMP)          ## the default experiment: stacked3x3 on MNIST-5k
 	$(PY) -m cnnexp $(ARGS)
 
-test: $(STAMP)           ## the whole suite, slow end-to-end tests included
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP)           ## the whole suite, slow end-to-end tests included, one worker per core (≤ 4)
+	$(PY) -m pytest -q -n auto --maxprocesses 4 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n auto --maxprocesses 4 -m "not slow" $(PYTEST_ARGS)
 
 ui: $(STAMP)             ## MLflow UI on 127.0.0.1 over the same store the runs write
 	mkdir -p outputs/mlartifacts
