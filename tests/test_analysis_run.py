@@ -15,6 +15,7 @@ from cnnexp.analysis.callbacks import build_callbacks, tile_grid
 from cnnexp.analysis.fit import FitDiagnosis
 from cnnexp.analysis.health import activation_health, network_health
 from cnnexp.config import ConfigError
+from cnnexp.models.blocks import ConvBlock
 from cnnexp.validate import validate
 from tests.conftest import FAST, all_runs, compose_cfg, run_cli, store
 
@@ -25,7 +26,7 @@ def one_block_net(activation: nn.Module, weight: float, bias: float) -> nn.Seque
     conv = nn.Conv2d(1, 4, 3, padding=1)
     nn.init.constant_(conv.weight, weight)
     nn.init.constant_(conv.bias, bias)
-    block = nn.Sequential(OrderedDict(conv=conv, act=activation))
+    block = ConvBlock(OrderedDict(conv=conv, act=activation))  # what the analysis calls convN
     return nn.Sequential(OrderedDict(features=nn.Sequential(OrderedDict(conv1=block))))
 
 
