@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from cnnexp.analysis.receptive_field import (
     ReceptiveFieldError,
@@ -212,3 +213,168 @@ def test_torchvision_models(name: str, expected: int) -> None:
     assert rf_at_last_spatial_layer(rows) == expected
     assert all(row.aligned for row in rows) and rows[-1].covers_input
     assert len(format_table(rows).splitlines()) == len(rows) + 1
+
+
+class ChannelsLast(nn.Module):
+    """ConvNeXt-style block: 3×3 conv, per-position LayerNorm/MLP in N×H×W×C, 3×3 conv."""
+
+    def __init__(self, channels: int = 4) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = conv(channels=channels), conv(channels=channels)
+        self.norm = nn.LayerNorm(channels)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x).permute(0, 2, 3, 1)
+        y = self.mlp(self.norm(y))
+        return self.conv2(torch.permute(y, (0, 3, 1, 2)))
+
+
+def test_channels_last_block_acts_per_position() -> None:
+    rows = receptive_fields(ChannelsLast(), (4, 16, 16))
+    assert not any(row.covers_input for row in rows)
+    assert [row.size for row in rows] == [3] * (len(rows) - 1) + [5]  # 3×3 then 3×3: 5
+    linears = [row for row in rows if row.op == "Linear"]
+    assert len(linears) == 2 and all(row.kind == "linear" for row in linears)
+    assert rows[1].kind == "layout" and rows[1].output_shape == (1, 16, 16, 4)
+
+
+class Relayout(nn.Module):
+    """A 3×3 conv, `layout` (which must bring back N×C×H×W or lose H and W), a 3×3 conv."""
+
+    def __init__(self, layout) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.layout = conv(channels=4), conv(channels=4), layout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.layout(self.conv1(x)))
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda x: x.transpose(1, 3).transpose(-1, 1),
+        lambda x: torch.movedim(x, 1, -1).swapaxes(1, 3).swapdims(2, 3),
+        lambda x: x.unsqueeze(1).flatten(1, 2),  # flatten keeping H and W
+        lambda x: x.permute(0, 2, 3, 1).reshape(1, 16, 16, 2, 2).view(1, 16, 16, 4).movedim(3, 1),
+        lambda x: x.reshape(1, 2, 2, 16, 16).flatten(1, 2),
+    ],
+)  # fmt: skip
+def test_layout_ops_are_followed(layout) -> None:
+    assert last(Relayout(layout), (4, 16, 16)).size == 5
+
+
+def test_merged_or_split_spatial_axes_cover_the_input() -> None:
+    net = Relayout(lambda x: x.flatten(2).reshape(1, 4, 16, 16))  # H and W merged, then split
+    rows = receptive_fields(net, (4, 16, 16))
+    assert [row.covers_input for row in rows] == [False, True, True, True]
+    assert "no longer separate" in rows[1].note
+
+
+def test_linear_after_flattening_or_over_width_covers_the_input() -> None:
+    flat = receptive_fields(nn.Sequential(conv(), nn.Flatten(), nn.Linear(256, 2)), SHAPE)
+    assert [(r.kind, r.covers_input) for r in flat[1:]] == [("flatten", True), ("linear", True)]
+    over_width = last(nn.Sequential(conv(), nn.Linear(16, 16)))  # N×C×H×W: mixes W
+    assert over_width.kind == "linear" and over_width.covers_input
+
+
+def test_conv_on_channels_last_tensor_is_refused() -> None:
+    with pytest.raises(ReceptiveFieldError, match="works on axes"):
+        receptive_fields(Relayout(lambda x: x.permute(0, 2, 3, 1)), (4, 4, 16))
+
+
+def test_full_size_global_input_covers_but_channel_gate_does_not() -> None:
+    spread = Relayout(lambda x: x + x.mean((2, 3), keepdim=True).expand(1, 4, 16, 16))
+    add = next(row for row in receptive_fields(spread, (4, 16, 16)) if row.kind == "add")
+    assert add.covers_input and "covers the whole input" in add.note
+    gated = last(Relayout(lambda x: x * x.mean((2, 3), keepdim=True).sigmoid()), (4, 16, 16))
+    assert gated.size == 5 and not gated.covers_input
+
+
+class Windows(nn.Module):
+    """4×4 patches, one residual Swin window attention (window `size`) per shift, a k×k conv."""
+
+    def __init__(self, shifts: list[int], size: int = 4, k: int = 1) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, 8, 4, 4)
+        self.attn = nn.ModuleList(
+            ShiftedWindowAttention(8, [size, size], [s, s], num_heads=2) for s in shifts
+        )
+        self.head = nn.Conv2d(8, 8, k, padding=k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.patch(x).permute(0, 2, 3, 1)
+        for attn in self.attn:
+            y = y + attn(y)
+        return self.head(y.permute(0, 3, 1, 2))
+
+
+def test_window_attention_covers_its_window() -> None:
+    """Patches r=S=4 on an 8×8 grid; a 4×4 window: r = 4 + 3·4, each unit sees its window."""
+    net = Windows([0])
+    rows = receptive_fields(net, (1, 32, 32))
+    attn = next(row for row in rows if row.kind == "attention")
+    assert (attn.size, attn.stride, attn.padding) == (16, 4, 4)
+    assert "covers its window (4×4 positions)" in attn.note
+    assert rows[-2].size == 16 and rows[-2].aligned  # the residual lies inside the window
+    assert rows[-1].size == 16  # the 1×1 conv acts per position
+    x = torch.randn(1, 1, 32, 32, requires_grad=True)
+    out = net(x)
+    for f in (1, 5):  # the centre units of the two windows
+        (grad,) = torch.autograd.grad(out[0, :, f, f].sum(), x, retain_graph=True)
+        seen = grad[0, 0].abs().sum(0).nonzero().flatten()
+        first = f * attn.stride - attn.padding
+        assert (seen.min().item(), seen.max().item()) == (first, first + attn.size - 1)
+
+
+def test_stacked_or_whole_map_windows_cover_the_input() -> None:
+    shifted = [r for r in receptive_fields(Windows([0, 2]), (1, 32, 32)) if r.kind == "attention"]
+    assert not shifted[0].covers_input and shifted[1].covers_input
+    assert "depends on the position" in shifted[1].note
+    assert last(Windows([0], k=3), (1, 32, 32)).covers_input  # a 3×3 conv straddles windows
+    (whole,) = [r for r in receptive_fields(Windows([0], 8), (1, 32, 32)) if r.kind == "attention"]
+    assert whole.covers_input and "one window covers the map" in whole.note
+
+
+class Tokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, 8, 4, 4)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = self.mha(t, t, t)[0]
+        return F.scaled_dot_product_attention(t, t, t)
+
+
+def test_attention_over_tokens_covers_the_input() -> None:
+    rows = receptive_fields(Tokens(), (1, 16, 16))
+    attention = [row for row in rows if row.kind == "attention"]
+    assert [row.op for row in attention] == ["MultiheadAttention", "scaled_dot_product_attention"]
+    assert all(r.covers_input and r.note == "attention: covers the whole input" for r in attention)
+    assert attention[0].output_shape == (1, 16, 8)  # the first of MultiheadAttention's outputs
+
+
+def test_convnext_tiny_is_channels_last() -> None:
+    rows = receptive_fields(on_meta("convnext_tiny"), (3, 224, 224))
+    stem = rows[0]
+    assert (stem.name, stem.size, stem.stride) == ("features.0.0", 4, 4)
+    # 7×7 depthwise convs: 4 + 3·6·4, +4, +3·6·8, +8, +9·6·16, +16, +3·6·32
+    assert rf_at_last_spatial_layer(rows) == 1688
+    linears = [row for row in rows if row.op == "Linear"]
+    assert not any(row.covers_input for row in linears[:-1]) and linears[-1].covers_input
+    assert all(row.aligned for row in rows)
+
+
+def test_swin_t_flags_window_attention() -> None:
+    rows = receptive_fields(on_meta("swin_t"), (3, 224, 224))
+    attention = [row for row in rows if row.kind == "attention"]
+    assert len(attention) == 2 + 2 + 6 + 2 and all("attention:" in r.note for r in attention)
+    assert (attention[0].size, attention[0].stride) == (28, 4)  # 4×4 patches, 7×7 windows
+    assert all(row.covers_input for row in attention[1:])  # windows on windows
+    assert "depends on the position" in attention[1].note
+    assert rf_at_last_spatial_layer(rows) == 28
+    assert [row.kind for row in rows].count("patch_merge") == 3
