@@ -87,8 +87,14 @@ def test_two_epoch_run_logs_images_rf_and_health(out) -> None:
         if (m := IMAGE.match(a.path))
     }
     keys = ["erf", "kernels~conv1", "feature_maps~conv1", "feature_maps~conv2"]  # "/" -> "~"
-    assert images == {(key, step) for key in keys for step in (0, 2)}  # before training, last
+    at_test = {("confusion_matrix", 2), ("misclassified", 2)}  # the test set, after training
+    assert images == {(key, step) for key in keys for step in (0, 2)} | at_test
     metrics = run.data.metrics
+    per_class = {k: v for k, v in metrics.items() if k.startswith("test_class_acc/")}
+    assert sorted(per_class) == [f"test_class_acc/{d}" for d in range(10)]
+    assert all(0 <= v <= 1 for v in per_class.values())
+    # MNIST-5k's test split is stratified (100 per digit): test_acc is the per-class mean
+    assert sum(per_class.values()) / 10 == pytest.approx(metrics["test_acc"])
     assert metrics["receptive_field"] == 8  # conv3 (3), pool2 (4, jump 2), conv3 (4 + 2*2)
     assert [m.step for m in client.get_metric_history(run_id, "erf_size")] == [0, 2]
     for layer in ("conv1", "conv2"):

@@ -22,6 +22,7 @@ from cnnexp.analysis.erf import (
 )
 from cnnexp.analysis.fit import FitDiagnosis
 from cnnexp.analysis.health import block_outputs, conv_blocks, grad_norms, network_health
+from cnnexp.analysis.mistakes import MistakesLogger
 from cnnexp.analysis.receptive_field import format_table, receptive_fields, rf_at_last_spatial_layer
 
 
@@ -42,6 +43,7 @@ def build_callbacks(
         FeatureMapLogger(every, images, cfg.max_channels, cfg.normalize, cfg.tile_px, resumed),
         KernelLogger(every, cfg.tile_px, resumed),
         HealthLogger(datamodule.val[0][: cfg.health_images]),
+        MistakesLogger(datamodule.class_names),
         FitDiagnosis(chance),
     ]
 
