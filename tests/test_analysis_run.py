@@ -13,6 +13,7 @@ from torch import nn
 from cnnexp import data
 from cnnexp.analysis.callbacks import build_callbacks, tile_grid
 from cnnexp.analysis.fit import FitDiagnosis
+from cnnexp.analysis.gradcam import gradcam
 from cnnexp.analysis.health import activation_health, network_health
 from cnnexp.config import ConfigError
 from cnnexp.models.blocks import ConvBlock
@@ -86,7 +87,13 @@ def test_two_epoch_run_logs_images_rf_and_health(out) -> None:
         for a in client.list_artifacts(run_id, "images")
         if (m := IMAGE.match(a.path))
     }
-    keys = ["erf", "kernels~conv1", "feature_maps~conv1", "feature_maps~conv2"]  # "/" -> "~"
+    keys = [
+        "erf",
+        "gradcam",
+        "kernels~conv1",
+        "feature_maps~conv1",
+        "feature_maps~conv2",
+    ]  # "/" -> "~"
     at_test = {("confusion_matrix", 2), ("misclassified", 2)}  # the test set, after training
     assert images == {(key, step) for key in keys for step in (0, 2)} | at_test
     metrics = run.data.metrics
@@ -104,3 +111,19 @@ def test_two_epoch_run_logs_images_rf_and_health(out) -> None:
         assert 0 <= metrics[f"health/{layer}/dead_fraction"] <= 1
     text = client.download_artifacts(run_id, "receptive_field.txt", str(out))
     assert "features.conv2.conv" in Path(text).read_text()
+
+
+def test_gradcam_lights_the_region_that_raises_the_class_score() -> None:
+    """A 1×1 conv, global average pool, linear head [+1, -1]: class 0's score rises with the
+    activation everywhere, so its map follows the bright left half; class 1's falls: all zero."""
+    conv = nn.Conv2d(1, 1, 1)
+    nn.init.constant_(conv.weight, 1.0), nn.init.constant_(conv.bias, 0.0)
+    fc = nn.Linear(1, 2, bias=False)
+    fc.weight.data = torch.tensor([[1.0], [-1.0]])
+    net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    image = torch.zeros(1, 1, 8, 8)
+    image[..., :4] = 1.0
+    maps = gradcam(net, conv, image, torch.tensor([0]))
+    assert maps[0, :, :4].min() > 0.9 and maps[0, :, 4:].max() < 0.1
+    assert gradcam(net, conv, image, torch.tensor([1])).abs().max() == 0
+    assert conv.weight.grad is None and fc.weight.grad is None  # the net's own grads untouched

@@ -21,6 +21,7 @@ from cnnexp.analysis.erf import (
     last_spatial_layer,
 )
 from cnnexp.analysis.fit import FitDiagnosis
+from cnnexp.analysis.gradcam import gradcam_figure
 from cnnexp.analysis.health import block_outputs, conv_blocks, grad_norms, network_health
 from cnnexp.analysis.mistakes import MistakesLogger
 from cnnexp.analysis.receptive_field import format_table, receptive_fields, rf_at_last_spatial_layer
@@ -43,6 +44,14 @@ def build_callbacks(
         FeatureMapLogger(every, images, cfg.max_channels, cfg.normalize, cfg.tile_px, resumed),
         KernelLogger(every, cfg.tile_px, resumed),
         HealthLogger(datamodule.val[0][: cfg.health_images]),
+        GradCamLogger(
+            every,
+            input_shape,
+            images,
+            datamodule.val[1][: cfg.n_images],
+            datamodule.class_names,
+            resumed,
+        ),  # fmt: skip
         MistakesLogger(datamodule.class_names),
         FitDiagnosis(chance),
     ]
@@ -159,6 +168,34 @@ class KernelLogger(SnapshotLogger):
         cols = math.ceil(math.sqrt(len(tiles)))
         rows = [tiles[i : i + cols] for i in range(0, len(tiles), cols)]
         self.log_image(trainer, tile_grid(rows, self.tile_px), f"kernels/{name}", step)
+
+
+class GradCamLogger(SnapshotLogger):
+    """Image `gradcam`: Grad-CAM at the last spatial layer for the fixed validation images, for
+    the true and the predicted class (cnnexp/analysis/gradcam.py)."""
+
+    def __init__(
+        self,
+        every: int,
+        input_shape: tuple[int, int, int],
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        class_names: list[str],
+        resumed: bool = False,
+    ) -> None:
+        super().__init__(every, resumed)
+        self.input_shape, self.images, self.labels = input_shape, images, labels
+        self.class_names = class_names
+
+    def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        net = pl_module.net
+        layer = net.get_submodule(last_spatial_layer(net, self.input_shape))
+        x, y = self.images.to(pl_module.device), self.labels.to(pl_module.device)
+        fig = gradcam_figure(net, layer, x, y, self.class_names)
+        fig.canvas.draw()
+        self.log_image(
+            trainer, np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), "gradcam", step
+        )
 
 
 class HealthLogger(L.Callback):
