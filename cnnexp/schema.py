@@ -200,6 +200,8 @@ class AnalysisConf:  # insight callbacks (cnnexp/analysis/callbacks.py)
     max_channels: int = setting(16, ge=1)  # channels shown per conv block
     normalize: str = setting("channel", choices=["channel", "layer"])  # feature-map colour scale
     health_images: int = setting(128, ge=1)  # validation images for the health metrics
+    top_k: int = setting(8, ge=1)  # top patches shown per channel
+    patch_images: int = setting(512, ge=1)  # validation images searched for the top patches
     tile_px: int = setting(32, ge=1)  # smallest side of one tile in the image grids
 
 

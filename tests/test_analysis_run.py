@@ -15,8 +15,9 @@ from cnnexp.analysis.callbacks import build_callbacks, tile_grid
 from cnnexp.analysis.fit import FitDiagnosis
 from cnnexp.analysis.gradcam import gradcam
 from cnnexp.analysis.health import activation_health, network_health
+from cnnexp.analysis.top_patches import OUTSIDE, all_top_patches, block_fields
 from cnnexp.config import ConfigError
-from cnnexp.models.blocks import ConvBlock
+from cnnexp.models.blocks import ConvBlock, build_net, plan_net
 from cnnexp.validate import validate
 from tests.conftest import FAST, all_runs, compose_cfg, run_cli, store
 
@@ -87,13 +88,8 @@ def test_two_epoch_run_logs_images_rf_and_health(out) -> None:
         for a in client.list_artifacts(run_id, "images")
         if (m := IMAGE.match(a.path))
     }
-    keys = [
-        "erf",
-        "gradcam",
-        "kernels~conv1",
-        "feature_maps~conv1",
-        "feature_maps~conv2",
-    ]  # "/" -> "~"
+    keys = ["erf", "gradcam", "kernels~conv1", "feature_maps~conv1", "feature_maps~conv2"]
+    keys += ["top_patches~conv1", "top_patches~conv2"]  # MLflow stores the key's "/" as "~"
     at_test = {("confusion_matrix", 2), ("misclassified", 2)}  # the test set, after training
     assert images == {(key, step) for key in keys for step in (0, 2)} | at_test
     metrics = run.data.metrics
@@ -127,3 +123,32 @@ def test_gradcam_lights_the_region_that_raises_the_class_score() -> None:
     assert maps[0, :, :4].min() > 0.9 and maps[0, :, 4:].max() < 0.1
     assert gradcam(net, conv, image, torch.tensor([1])).abs().max() == 0
     assert conv.weight.grad is None and fc.weight.grad is None  # the net's own grads untouched
+
+
+def test_top_patch_is_cut_at_the_units_receptive_field() -> None:
+    """conv1 copies each pixel (3×3 kernel, centre 1), conv2 sums 3×3 of it (centre twice): the
+    strongest conv2 unit sits on the bright pixel, and its 5×5 patch has that pixel in the
+    middle; a pixel in the corner gives a patch whose outside part is grey."""
+    plan = plan_net(
+        [
+            {"conv": 3, "channels": 1, "batch_norm": False},
+            {"conv": 3, "channels": 1, "batch_norm": False},
+        ],
+        (1, 8, 8),
+    )
+    net = build_net(plan, 2, "gap", None)
+    centre = torch.zeros(1, 1, 3, 3)
+    centre[..., 1, 1] = 1.0
+    net.features.conv1.conv.weight.data, net.features.conv1.conv.bias.data = centre, torch.zeros(1)
+    net.features.conv2.conv.weight.data = torch.ones(1, 1, 3, 3) + centre  # one unit wins
+    net.features.conv2.conv.bias.data = torch.zeros(1)
+    images = torch.zeros(2, 1, 8, 8)
+    images[0, 0, 5, 6] = 1.0  # strongest conv2 unit: (5, 6); field rows 3..7, columns 4..8
+    images[1, 0, 0, 0] = 0.5
+    fields = block_fields(net, (1, 8, 8))
+    assert (fields["conv2"].size, fields["conv2"].stride, fields["conv2"].padding) == (5, 1, 2)
+    [first, second] = all_top_patches(net, images, fields, k=2, max_channels=4)["conv2"][0]
+    assert first.shape == (1, 5, 5) and first[0, 2, 2] == 1 and first[0, :, :4].sum() == 1
+    assert (first[0, :, 4] == OUTSIDE).all()  # column 8 lies past the 8-pixel-wide image
+    assert (second[0, :2] == OUTSIDE).all() and (second[0, :, :2] == OUTSIDE).all()
+    assert second[0, 2, 2] == 1  # scaled per image: the corner pixel is that image's maximum

@@ -25,6 +25,7 @@ from cnnexp.analysis.gradcam import gradcam_figure
 from cnnexp.analysis.health import block_outputs, conv_blocks, grad_norms, network_health
 from cnnexp.analysis.mistakes import MistakesLogger
 from cnnexp.analysis.receptive_field import format_table, receptive_fields, rf_at_last_spatial_layer
+from cnnexp.analysis.top_patches import all_top_patches, block_fields
 
 
 def build_callbacks(
@@ -52,6 +53,7 @@ def build_callbacks(
             datamodule.class_names,
             resumed,
         ),  # fmt: skip
+        TopPatchLogger(input_shape, datamodule.val[0][: cfg.patch_images], cfg, resumed),
         MistakesLogger(datamodule.class_names),
         FitDiagnosis(chance),
     ]
@@ -196,6 +198,33 @@ class GradCamLogger(SnapshotLogger):
         self.log_image(
             trainer, np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), "gradcam", step
         )
+
+
+class TopPatchLogger(SnapshotLogger):
+    """Image `top_patches/convN` per conv block before training and after the last epoch: a row
+    per channel (up to `max_channels`), its `top_k` strongest validation patches, each cut at
+    the unit's exact receptive field (cnnexp/analysis/top_patches.py)."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        images: torch.Tensor,
+        cfg: DictConfig,
+        resumed: bool = False,
+    ) -> None:
+        super().__init__(every=10**9, resumed=resumed)  # step 0 and the end only
+        self.input_shape, self.images = input_shape, images
+        self.k, self.max_channels, self.tile_px = cfg.top_k, cfg.max_channels, cfg.tile_px
+        self.fields: dict | None = None
+
+    def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        net = pl_module.net
+        if self.fields is None:
+            self.fields = block_fields(net, self.input_shape)
+        x = self.images.to(pl_module.device)
+        for name, rows in all_top_patches(net, x, self.fields, self.k, self.max_channels).items():
+            tiles = [[to_rgb(p) for p in row] for row in rows]
+            self.log_image(trainer, tile_grid(tiles, self.tile_px), f"top_patches/{name}", step)
 
 
 class HealthLogger(L.Callback):
