@@ -1,6 +1,7 @@
 """Callbacks that tests plug into real runs through the CLI (`+callbacks.x._target_=...`)."""
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -55,3 +56,11 @@ class FailAtSetup(L.Callback):
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         raise RuntimeError("planned failure in setup")
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child that a test interrupts: SIGINT acts as Ctrl-C in a terminal.
+    A shell that starts the suite in the background (`cmd &` without job control) hands it
+    SIGINT ignored, and an ignored signal stays ignored across exec: Python would then never
+    raise KeyboardInterrupt in the child and the test would wait forever."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

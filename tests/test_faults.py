@@ -21,6 +21,7 @@ import pytest
 from cnnexp.config import ConfigError
 from cnnexp.train import train
 from tests.conftest import FAST, ROOT, all_runs, run_cli, store
+from tests.helpers import default_sigint
 
 TINY = ["model=tiny", "data=digits", "analysis=none", *FAST]
 CURVES = ("train_loss", "val_loss", "val_acc")
@@ -42,7 +43,7 @@ def start_paused(out: Path, *extra: str, env: dict | None = None) -> tuple[subpr
     base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # MLflow sets it
     proc = subprocess.Popen(  # in-process (mlflow.set_tracking_uri): this run has its own store
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**base, "PYTHONUNBUFFERED": "1", **(env or {})},
+        env={**base, "PYTHONUNBUFFERED": "1", **(env or {})}, preexec_fn=default_sigint,
     )  # fmt: skip
     deadline = time.monotonic() + 180
     while not marker.exists():

@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from cnnexp import schema
 from cnnexp.sweeps import planned_jobs
 from tests.conftest import CONF, FAST, ROOT, store
+from tests.helpers import default_sigint
 
 
 def test_planned_jobs_are_the_basic_sweepers_expansion() -> None:
@@ -46,7 +47,13 @@ def test_ctrl_c_in_a_sweep_says_what_became_of_every_job(out) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,  # Ctrl-C semantics however the suite was started
     )
     deadline = time.monotonic() + 240
     while not marker.exists():
