@@ -23,7 +23,7 @@ from cnnexp.analysis.erf import (
 from cnnexp.analysis.fit import FitDiagnosis
 from cnnexp.analysis.gradcam import gradcam_figure
 from cnnexp.analysis.health import block_outputs, conv_blocks, grad_norms, network_health
-from cnnexp.analysis.mistakes import MistakesLogger
+from cnnexp.analysis.mistakes import MistakesLogger, figure_pixels
 from cnnexp.analysis.receptive_field import format_table, receptive_fields, rf_at_last_spatial_layer
 from cnnexp.analysis.top_patches import all_top_patches, block_fields
 
@@ -116,8 +116,7 @@ class ERFLogger(SnapshotLogger):
             self.layer = last_spatial_layer(net, self.input_shape)
         erf = effective_receptive_field(net, self.input_shape, self.n_samples, self.layer)
         fig = erf_figure(erf, self.rf_size, title=f"Effective receptive field, epoch {step}")
-        fig.canvas.draw()
-        self.log_image(trainer, np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), "erf", step)
+        self.log_image(trainer, figure_pixels(fig), "erf", step)
         trainer.logger.log_metrics({"erf_size": erf_size(erf)}, step=step)
 
 
@@ -194,10 +193,7 @@ class GradCamLogger(SnapshotLogger):
         layer = net.get_submodule(last_spatial_layer(net, self.input_shape))
         x, y = self.images.to(pl_module.device), self.labels.to(pl_module.device)
         fig = gradcam_figure(net, layer, x, y, self.class_names)
-        fig.canvas.draw()
-        self.log_image(
-            trainer, np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), "gradcam", step
-        )
+        self.log_image(trainer, figure_pixels(fig), "gradcam", step)
 
 
 class TopPatchLogger(SnapshotLogger):

@@ -119,5 +119,6 @@ def misclassified_figure(
 
 
 def figure_pixels(fig: Figure) -> np.ndarray:
+    """A drawn figure as an H×W×3 uint8 array, as MlflowClient.log_image takes it."""
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
