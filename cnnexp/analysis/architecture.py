@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 from torch import nn
 
-from cnnexp.analysis.receptive_field import eval_mode, module_device, receptive_fields
+from cnnexp.analysis.receptive_field import eval_mode, field_of, module_device, receptive_fields
 from cnnexp.models.blocks import Conv, Dropout, Node, Parallel, Plan, Pool, Residual
 
 BOX_W, BOX_H, GAP, PAD, HEADER = 3.4, 0.78, 0.32, 0.18, 0.34  # layout units (inches)
@@ -67,10 +67,9 @@ class _Facts:
         return sum(p.numel() for p in self.modules[name].parameters())
 
     def rf(self, name: str) -> str:
-        inside = [r for r in self.rows if r.name == name or str(r.name).startswith(name + ".")]
-        if not inside:
+        row = field_of(self.rows, name)
+        if row is None:
             return ""
-        row = inside[-1]
         return "whole input" if row.covers_input else f"RF {row.size}"
 
 

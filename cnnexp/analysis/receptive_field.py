@@ -154,6 +154,12 @@ def receptive_fields(module: nn.Module, input_shape: tuple[int, int, int]) -> li
     return rows
 
 
+def field_of(rows: list[RFRow], module: str) -> RFRow | None:
+    """The field at the output of `module` (a qualified module name): the last row inside it."""
+    inside = [r for r in rows if r.name == module or str(r.name).startswith(module + ".")]
+    return inside[-1] if inside else None
+
+
 def rf_at_last_spatial_layer(rows: list[RFRow]) -> int:
     """RF size (height axis) of the last row that still has spatial layout."""
     spatial = [row for row in rows if not row.covers_input]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cnnexp.analysis.health import block_outputs, conv_blocks
-from cnnexp.analysis.receptive_field import RFRow, receptive_fields
+from cnnexp.analysis.receptive_field import RFRow, field_of, receptive_fields
 
 OUTSIDE = 0.5  # grey where a field reaches past the image border
 
@@ -24,10 +24,9 @@ def block_fields(net: nn.Module, input_shape: tuple[int, int, int]) -> dict[str,
     names = {id(m): name for name, m in net.named_modules()}
     fields = {}
     for key, block in conv_blocks(net).items():
-        path = names[id(block)]
-        inside = [r for r in rows if r.name == path or str(r.name).startswith(path + ".")]
-        if inside and not inside[-1].covers_input:
-            fields[key] = inside[-1]
+        row = field_of(rows, names[id(block)])
+        if row is not None and not row.covers_input:
+            fields[key] = row
     return fields
 
 
