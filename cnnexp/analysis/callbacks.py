@@ -23,7 +23,8 @@ from cnnexp.analysis.erf import (
 from cnnexp.analysis.fit import FitDiagnosis
 from cnnexp.analysis.gradcam import gradcam_figure
 from cnnexp.analysis.health import block_outputs, conv_blocks, grad_norms, network_health
-from cnnexp.analysis.mistakes import MistakesLogger, figure_pixels
+from cnnexp.analysis.images import figure_pixels, minmax
+from cnnexp.analysis.mistakes import MistakesLogger
 from cnnexp.analysis.receptive_field import format_table, receptive_fields, rf_at_last_spatial_layer
 from cnnexp.analysis.top_patches import all_top_patches, block_fields
 
@@ -240,11 +241,6 @@ class HealthLogger(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = network_health(pl_module.net, self.images.to(pl_module.device))
         trainer.logger.log_metrics({**metrics, **self.grad_norms}, step=trainer.current_epoch)
-
-
-def minmax(t: torch.Tensor) -> torch.Tensor:
-    low, high = t.min(), t.max()
-    return (t - low) / (high - low).clamp_min(1e-12)
 
 
 def to_rgb(t: torch.Tensor) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
+from cnnexp.analysis.images import minmax
 from cnnexp.analysis.receptive_field import eval_mode
 
 
@@ -33,8 +34,7 @@ def gradcam(
 
 def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
     """H×W×3 in [0, 1]: the (min-max scaled) image in grey or colour, the map in 'jet' over it."""
-    img = image.float().cpu()
-    img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
+    img = minmax(image.float().cpu())
     base = (
         img.permute(1, 2, 0).numpy()
         if img.shape[0] == 3

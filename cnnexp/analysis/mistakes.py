@@ -19,6 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from cnnexp.analysis.images import figure_pixels, minmax
+
 
 class MistakesLogger(L.Callback):
     """Confusion matrix, per-class accuracy and the `n_images` most confident mistakes."""
@@ -105,8 +107,7 @@ def misclassified_figure(
     FigureCanvasAgg(fig)
     for k, (confidence, image, true, predicted) in enumerate(wrong):
         ax = fig.add_subplot(rows, cols, k + 1)
-        img = image.float()
-        img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
+        img = minmax(image.float())
         if img.shape[0] == 3:
             ax.imshow(img.permute(1, 2, 0).numpy())
         else:
@@ -116,9 +117,3 @@ def misclassified_figure(
         )
         ax.axis("off")
     return fig
-
-
-def figure_pixels(fig: Figure) -> np.ndarray:
-    """A drawn figure as an H×W×3 uint8 array, as MlflowClient.log_image takes it."""
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cnnexp.analysis.health import block_outputs, conv_blocks
+from cnnexp.analysis.images import minmax
 from cnnexp.analysis.receptive_field import RFRow, field_of, receptive_fields
 
 OUTSIDE = 0.5  # grey where a field reaches past the image border
@@ -36,7 +37,7 @@ def top_patches(
     """A row per channel: its `k` strongest images' patches (C×r×r each, values of `images`
     min-max scaled to [0, 1] per image, grey outside), strongest first."""
     n, width = acts.shape[0], acts.shape[-1]
-    scaled = _minmax(images.float().cpu())
+    scaled = torch.stack([minmax(image) for image in images.float().cpu()])
     (rh, rw), (sh, sw), (ph, pw) = field.size_hw, field.stride_hw, field.padding_hw
     rows = []
     for c in range(min(max_channels, acts.shape[1])):
@@ -59,12 +60,6 @@ def _crop(image: torch.Tensor, top: int, left: int, rh: int, rw: int) -> torch.T
     if y1 > y0 and x1 > x0:
         patch[:, y0 - top : y1 - top, x0 - left : x1 - left] = image[:, y0:y1, x0:x1]
     return patch
-
-
-def _minmax(images: torch.Tensor) -> torch.Tensor:
-    flat = images.flatten(1)
-    low, high = flat.min(dim=1).values, flat.max(dim=1).values
-    return (images - low[:, None, None, None]) / (high - low).clamp_min(1e-12)[:, None, None, None]
 
 
 def all_top_patches(
