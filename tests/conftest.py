@@ -81,3 +81,21 @@ def compose_job(out: Path):
     """compose_job_cfg for this test's `out`; HydraConfig is unset again afterwards."""
     yield lambda *overrides: compose_job_cfg(out, *overrides)
     HydraConfig.instance().cfg = None
+
+
+def block_shapes(net, names, x):
+    """(each named block's output shape without the batch axis, the net's output) from one
+    forward pass of `x`; blocks are found by the last part of their module name (conv3, res1)."""
+    modules = {name.rpartition(".")[2]: m for name, m in net.named_modules() if name}
+    shapes: dict[str, tuple] = {}
+    handles = [
+        modules[name].register_forward_hook(
+            lambda _m, _i, out, key=name: shapes.__setitem__(key, tuple(out.shape[1:]))
+        )
+        for name in names
+    ]
+    try:
+        return shapes, net(x)
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -19,7 +19,7 @@ from cnnexp.config import ConfigError
 from cnnexp.models import blocks as B
 from cnnexp.models.blocks import build_net, plan_net
 from cnnexp.models.reference import torchvision_net
-from tests.conftest import FAST, all_runs, run_cli, store
+from tests.conftest import FAST, all_runs, block_shapes, run_cli, store
 
 C3 = {"conv": 3, "channels": 8}
 BAD = [
@@ -199,14 +199,9 @@ def test_random_graphs_plan_what_torch_computes(raw: list, side: int, channels: 
         assert_path_exists(str(err), raw)
         return
     net = build_net(plan, 3, "gap", None)
-    shapes: dict[str, tuple] = {}
-    named = {name.rpartition(".")[2]: m for name, m in net.named_modules() if name}
-    for node in plan.walk():
-        named[node.name].register_forward_hook(
-            lambda _m, _i, out, key=node.name: shapes.__setitem__(key, tuple(out.shape[1:]))
-        )
-    net(torch.zeros(2, channels, side, side))
-    assert shapes == {node.name: node.out_shape for node in plan.walk()}
+    predicted = {node.name: node.out_shape for node in plan.walk()}
+    shapes, _ = block_shapes(net, predicted, torch.zeros(2, channels, side, side))
+    assert shapes == predicted
 
 
 BREAKS = [  # (how a valid block is broken, what kind of error it must give)

@@ -8,7 +8,7 @@ import torch
 from cnnexp import data, models
 from cnnexp.models.blocks import build_net, plan_net
 from cnnexp.models.facts import flops_per_image, n_params
-from tests.conftest import CONF, compose_cfg
+from tests.conftest import CONF, block_shapes, compose_cfg
 
 PRESETS = sorted(
     p.stem
@@ -27,13 +27,7 @@ def test_preset_forward_backward(preset: str, data_name: str, tmp_path) -> None:
     x, y = dm.train[0][:16], dm.train[1][:16]
     plan = models.plan(cfg.model, dm.input_shape)
     predicted = {node.name: node.out_shape for node in plan.walk()}
-    named = {name.rpartition(".")[2]: m for name, m in net.named_modules() if name}
-    seen: dict[str, tuple] = {}
-    for name in predicted:
-        named[name].register_forward_hook(
-            lambda _m, _i, out, key=name: seen.__setitem__(key, tuple(out.shape[1:]))
-        )
-    logits = net(x)
+    seen, logits = block_shapes(net, predicted, x)
     assert seen == predicted
     assert logits.shape == (16, dm.num_classes)
     assert torch.isfinite(logits).all()
