@@ -19,6 +19,7 @@ from cnnexp.analysis.callbacks import build_callbacks
 from cnnexp.config import job_output_dir
 from cnnexp.errors import resume_hint
 from cnnexp.models.facts import flops_per_image, n_params, throughput
+from cnnexp.report.explorer import log_explorer
 from cnnexp.resume import LatestCheckpoint, TrainingStarted, locate, reopen
 from cnnexp.tracking.logger import RunLogger
 from cnnexp.validate import validate
@@ -105,6 +106,8 @@ def train(cfg: DictConfig) -> float:
         logger.log_metrics({"fit_seconds": fit_seconds, **speed}, step=trainer.current_epoch)
         if best and cfg.logger.log_checkpoint:
             client.log_artifact(run_id, best, "checkpoints")
+        if cfg.analysis.enabled:  # last: the page shows everything the run recorded
+            log_explorer(client, run_id)
 
     val = [m.value for m in client.get_metric_history(run_id, "val_acc")]
     best_val = max(val, default=float("nan"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,10 +17,9 @@ from cnnexp.analysis.health import activation_health, network_health
 from cnnexp.analysis.top_patches import OUTSIDE, all_top_patches, block_fields
 from cnnexp.config import ConfigError
 from cnnexp.models.blocks import ConvBlock, build_net, plan_net
+from cnnexp.report.explorer import logged_images
 from cnnexp.validate import validate
 from tests.conftest import FAST, all_runs, compose_cfg, run_cli, store
-
-IMAGE = re.compile(r"images/(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+.*(?<!compressed)\.png$")
 
 
 def one_block_net(activation: nn.Module, weight: float, bias: float) -> nn.Sequential:
@@ -83,13 +81,10 @@ def test_two_epoch_run_logs_images_rf_and_health(out) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = all_runs(out)
     client, run_id = store(out), run.info.run_id
-    images = {
-        (m["key"], int(m["step"]))
-        for a in client.list_artifacts(run_id, "images")
-        if (m := IMAGE.match(a.path))
-    }
-    keys = ["erf", "gradcam", "kernels~conv1", "feature_maps~conv1", "feature_maps~conv2"]
-    keys += ["top_patches~conv1", "top_patches~conv2"]  # MLflow stores the key's "/" as "~"
+    folder = Path(client.download_artifacts(run_id, "images", str(out)))
+    images = {(key, step) for key, steps in logged_images(folder).items() for step in steps}
+    keys = ["erf", "gradcam", "kernels/conv1", "feature_maps/conv1", "feature_maps/conv2"]
+    keys += ["top_patches/conv1", "top_patches/conv2"]
     at_test = {("confusion_matrix", 2), ("misclassified", 2)}  # the test set, after training
     assert images == {(key, step) for key in keys for step in (0, 2)} | at_test
     metrics = run.data.metrics

@@ -54,11 +54,16 @@ def html_table(table: Table) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>"
 
 
+def png_data_uri(png: bytes) -> str:
+    """A PNG file's bytes as a data: URI, so a page embeds its images and stands alone."""
+    return f"data:image/png;base64,{base64.b64encode(png).decode()}"
+
+
 def html_page(page: Page, folder: Path) -> str:
     """The page with each figure read from `folder` and embedded, so the file stands alone."""
     figures = "".join(
-        f"<h2>{html.escape(caption)}</h2>\n<img alt='{html.escape(caption)}' src='data:image/png;"
-        f"base64,{base64.b64encode((folder / name).read_bytes()).decode()}'>\n"
+        f"<h2>{html.escape(caption)}</h2>\n<img alt='{html.escape(caption)}' "
+        f"src='{png_data_uri((folder / name).read_bytes())}'>\n"
         for name, caption in page.figures.items()
     )
     notes = "".join(f"<p>{html.escape(note)}</p>\n" for note in page.notes)
