@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,16 @@ from mlflow.tracking import MlflowClient
 from cnnexp.config import ConfigError
 from cnnexp.report import report
 from cnnexp.report.pages import Page, html_page, markdown_page
+from cnnexp.report.plots import mean_curve
 from cnnexp.report.select import RunRecord
-from cnnexp.report.table import Table, compact, comparison_table, differing_params
+from cnnexp.report.table import (
+    Table,
+    compact,
+    comparison_table,
+    differing_params,
+    seed_groups,
+    seed_verdicts,
+)
 from tests.conftest import FAST, compose_cfg, run_cli, store
 
 FIGURES = {"val_curves.png", "accuracy_vs_params.png"}
@@ -76,6 +86,55 @@ def test_list_params_read_like_overrides_and_pages_escape_cells(tmp_path) -> Non
     assert "| a\\|b | <x> |" in markdown_page(page) and "|---|---:|" in markdown_page(page)
     html = html_page(page, tmp_path)
     assert "&lt;x&gt;" in html and "<x>" not in html and "note &lt;b&gt;" in html
+
+
+def seeded(name: str, seed: int, test_acc: float, val: list[float], fit: str = "good fit"):
+    """A run of model `name` (its run name too, as real runs of one config share theirs)."""
+    return RunRecord(
+        f"{name}{seed}".ljust(32, "x"),
+        name,
+        params={"model.name": name, "seed": str(seed), "paths.output_dir": f"/o/{name}{seed}"},
+        metrics={"test_acc": test_acc, "n_params": 1000.0},
+        tags={"fit_diagnosis": fit},
+        curves={"val_acc": list(enumerate(val))},
+    )
+
+
+def test_runs_differing_only_in_seed_are_one_row_with_mean_std_and_n() -> None:
+    runs = [
+        seeded("a", 0, 0.97, [0.5, 0.90]),
+        seeded("a", 1, 0.98, [0.6, 0.92], fit="underfit"),
+        seeded("a", 2, 0.99, [0.7, 0.94]),
+        seeded("b", 0, 0.90, [0.8, 0.85]),
+        seeded("b", 1, 0.92, [0.8, 0.86]),
+        seeded("c", 7, 0.50, [0.4]),
+    ]
+    [a, b, c] = rows_by_column(comparison_table(runs))
+    assert (a["n"], a["seeds"], b["n"], b["seeds"], c["n"], c["seeds"]) == (
+        "3", "0, 1, 2", "2", "0, 1", "1", "7"
+    )  # fmt: skip
+    assert a["test_acc"] == "0.9800 ± 0.0100"  # mean ± sample std (n − 1)
+    assert a["best val_acc"] == "0.9200 ± 0.0200" and a["epoch"] == "1"
+    assert a["params"] == "1,000"  # equal in every seed: the value alone
+    assert a["fit"] == "good fit ×2, underfit ×1" and b["fit"] == "good fit"
+    assert c["test_acc"] == "0.5000" and "seed" not in comparison_table(runs).header
+    groups = seed_groups(runs)
+    epochs, mean, std = mean_curve(groups[0], "val_acc")
+    assert epochs == [0, 1] and mean == pytest.approx([0.6, 0.92])
+    assert std == pytest.approx([0.1, 0.02])
+    [verdict] = seed_verdicts(groups)  # c has one seed: no spread to compare with
+    assert verdict.startswith("a, n=3 vs b, n=2: test_acc +7.0 points, exceeds the seed spread")
+    close = [seeded("d", 0, 0.95, [0.9]), seeded("d", 1, 0.975, [0.9])]
+    [verdict] = seed_verdicts(seed_groups(runs[:3] + close))
+    assert "+1.8 points, within the seed spread (a, n=3: 97.0–99.0 %, d, n=2: 95.0–97.5 %)" in (
+        verdict
+    )
+
+
+def test_a_failed_run_never_joins_the_finished_seeds_of_its_config() -> None:
+    runs = [seeded("a", 0, 0.9, [0.9]), replace(seeded("a", 1, 0.1, [0.1]), status="FAILED")]
+    rows = rows_by_column(comparison_table(runs))
+    assert [(row["run"], row["n"]) for row in rows] == [("a", "1"), ("a (FAILED)", "1")]
 
 
 @pytest.mark.parametrize(
@@ -244,3 +303,16 @@ def test_report_reads_from_and_logs_to_a_real_mlflow_server(mlflow_server, out) 
     assert row["params"] == f"{run.data.metrics['n_params']:,.0f}" and row["RF"] == "–"
     assert {a.path for a in client.list_artifacts(logged.info.run_id)} >= {"report.html", *FIGURES}
     assert not (out / "mlflow.db").exists()  # the server's store, not the local default
+
+
+@pytest.mark.slow
+def test_a_seed_sweep_is_one_report_row_with_the_stores_mean_and_std(out) -> None:
+    sweep = ["-m", "model=tiny", "data=digits", "analysis=none", *FAST, "seed=0,1,2"]
+    result = run_cli(*sweep, out=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, folder, _ = run_report(out)
+    [row] = md_rows((folder / "report.md").read_text())
+    accs = [r.data.metrics["test_acc"] for r in training_runs(out)]
+    assert (row["n"], row["seeds"]) == ("3", "0, 1, 2")
+    mean, std = statistics.mean(accs), statistics.stdev(accs)
+    assert row["test_acc"] == (f"{mean:.4f} ± {std:.4f}" if std else f"{mean:.4f}")

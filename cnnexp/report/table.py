@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
+import statistics
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cnnexp.report.select import RunRecord
 
+SEED = "seed"  # the param whose runs form one row (SeedGroup)
 MISSING = "–"  # a param a run does not have, a metric it did not record
 NOISY = re.compile(r"^(paths|logger|report|hydra)\.|(dirpath|_dir|\.root)$")  # differ per run
 COLUMN_NOTES = (
@@ -18,6 +23,9 @@ COLUMN_NOTES = (
     "square holding 95 % of the effective receptive field, after the last epoch (px). "
     "train/infer img/s: measured throughput on one training batch (forward + backward / "
     "forward). best val_acc: highest over the epochs, at epoch (from 0). fit: fit_diagnosis. "
+    "n, seeds: the runs of a row, which differ only in seed; a value over several is their mean "
+    "± standard deviation (n − 1), or the value where all are equal; epoch: mean epoch of the "
+    "best val_acc; fit: each run's diagnosis, counted. "
     f"{MISSING}: not recorded by that run (e.g. no RF for a run without a CNN)."
 )
 
@@ -47,11 +55,11 @@ FACTS: list[tuple[str, str, Callable[[float], str]]] = [  # title, metric, forma
 
 
 def differing_params(runs: list[RunRecord]) -> list[str]:
-    """Params (noisy ones skipped) whose value is not the same in every run, absent counting as
-    a value, except where the absence follows from a choice shown already: a key some runs lack,
-    equal in the others, under a section whose `name`/`_target_` differs (model.orb.* of an ORB
-    run next to CNN runs)."""
-    keys = sorted({k for run in runs for k in run.params if not NOISY.search(k)})
+    """Params (noisy ones and `seed`, a column of its own, skipped) whose value is not the same
+    in every run, absent counting as a value, except where the absence follows from a choice
+    shown already: a key some runs lack, equal in the others, under a section whose
+    `name`/`_target_` differs (model.orb.* of an ORB run next to CNN runs)."""
+    keys = sorted({k for run in runs for k in run.params if k != SEED and not NOISY.search(k)})
     values = {k: [run.params.get(k) for run in runs] for k in keys}
 
     def differs(key: str) -> bool:
@@ -82,38 +90,108 @@ def best_val_acc(run: RunRecord) -> tuple[float, int] | None:
     return value, step
 
 
-def run_labels(runs: list[RunRecord]) -> dict[str, str]:
-    """run_id -> run name, with the id's first 8 characters where names repeat."""
-    counts = Counter(run.name for run in runs)
-    return {
-        run.run_id: run.name if counts[run.name] == 1 else f"{run.name} ({run.run_id[:8]})"
-        for run in runs
-    }
+@dataclass(frozen=True)
+class SeedGroup:
+    """Runs of one status whose configs differ only in `seed` (and run-specific keys): one row
+    of the report."""
+
+    runs: list[RunRecord]  # oldest first
+
+    @property
+    def first(self) -> RunRecord:
+        return self.runs[0]
+
+    @property
+    def seeds(self) -> list[str]:
+        return [run.params.get(SEED, MISSING) for run in self.runs]
+
+    def values(self, metric: str) -> list[float]:
+        return [run.metrics[metric] for run in self.runs if metric in run.metrics]
+
+    def best_val(self) -> list[tuple[float, int]]:
+        return [best for run in self.runs if (best := best_val_acc(run))]
 
 
-def _row(run: RunRecord, params: list[str]) -> list[str]:
-    best = best_val_acc(run)
-    metrics = run.metrics
+def seed_groups(runs: list[RunRecord]) -> list[SeedGroup]:
+    """The runs grouped by status and config less `seed` and the noisy keys, in order of first
+    run (a failed run never joins the finished runs of its config)."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for run in runs:
+        config = sorted((k, v) for k, v in run.params.items() if k != SEED and not NOISY.search(k))
+        groups.setdefault((run.status, *config), []).append(run)
+    return [SeedGroup(members) for members in groups.values()]
+
+
+def group_labels(groups: list[SeedGroup]) -> dict[str, str]:
+    """The first run's id -> its name, with the id's first 8 characters where names repeat and
+    the number of seeds where there are several."""
+    counts = Counter(g.first.name for g in groups)
+    labels = {}
+    for g in groups:
+        label = (
+            g.first.name if counts[g.first.name] == 1 else f"{g.first.name} ({g.first.run_id[:8]})"
+        )
+        labels[g.first.run_id] = label + (f", n={len(g.runs)}" if len(g.runs) > 1 else "")
+    return labels
+
+
+def mean_std(values: list[float]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (n − 1; 0 for one value), None for no value."""
+    if not values:
+        return None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def spread(values: list[float], fmt: Callable[[float], str]) -> str:
+    """One value as `fmt` writes it; several: mean ± sample standard deviation, or the value
+    alone where all are equal (a parameter count)."""
+    if not values:
+        return MISSING
+    if len(set(values)) == 1:
+        return fmt(values[0])
+    mean, std = mean_std(values)
+    return f"{fmt(mean)} ± {fmt(std)}"
+
+
+def diagnoses(group: SeedGroup) -> str:
+    """The group's fit diagnoses: `good fit`, or `underfit ×2, good fit ×1` where they differ."""
+    counts = Counter(run.tags.get("fit_diagnosis", MISSING) for run in group.runs)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{label} ×{n}" for label, n in counts.most_common())
+
+
+def _row(group: SeedGroup, params: list[str]) -> list[str]:
+    run, best = group.first, group.best_val()
     name = run.name if run.status == "FINISHED" else f"{run.name} ({run.status})"
     return [
         name,
         run.run_id[:8],
+        str(len(group.runs)),
+        ", ".join(group.seeds),
         *(compact(run.params.get(key, MISSING)) for key in params),
-        *(fmt(metrics[key]) if key in metrics else MISSING for _, key, fmt in FACTS),
-        MISSING if best is None else f"{best[0]:.4f}",
-        MISSING if best is None else str(best[1]),
-        f"{metrics['test_acc']:.4f}" if "test_acc" in metrics else MISSING,
-        run.tags.get("fit_diagnosis", MISSING),
+        *(spread(group.values(key), fmt) for _, key, fmt in FACTS),
+        spread([value for value, _ in best], "{:.4f}".format),
+        spread([float(epoch) for _, epoch in best], lambda v: f"{v:.1f}".removesuffix(".0")),
+        spread(group.values("test_acc"), "{:.4f}".format),
+        diagnoses(group) if any("fit_diagnosis" in r.tags for r in group.runs) else MISSING,
     ]
 
 
+def mean_best_val(group: SeedGroup) -> float:
+    return statistics.mean(value for value, _ in group.best_val()) if group.best_val() else -1.0
+
+
 def comparison_table(runs: list[RunRecord]) -> Table:
-    """One row per run, best val_acc first (runs without one last)."""
-    params = differing_params(runs)
-    ranked = sorted(runs, key=lambda run: -(best_val_acc(run) or (-1.0, 0))[0])
+    """One row per seed group (one run when no other run shares its config but the seed), best
+    mean val_acc first (groups without one last)."""
+    groups = sorted(seed_groups(runs), key=lambda g: -mean_best_val(g))
+    params = differing_params([g.first for g in groups])
     header = [
         "run",
         "id",
+        "n",
+        "seeds",
         *params,
         *(title for title, _, _ in FACTS),
         "best val_acc",
@@ -121,5 +199,38 @@ def comparison_table(runs: list[RunRecord]) -> Table:
         "test_acc",
         "fit",
     ]
-    numeric = [False, False, *(False for _ in params), *(True for _ in FACTS), True, True, True]
-    return Table(header, [_row(run, params) for run in ranked], [*numeric, False])
+    numeric = [False, False, True, False, *(False for _ in params), *(True for _ in FACTS)]
+    numeric += [True, True, True, False]
+    return Table(header, [_row(group, params) for group in groups], numeric)
+
+
+def seed_verdicts(groups: list[SeedGroup], metric: str = "test_acc") -> list[str]:
+    """For each pair of neighbours in the ranking by mean `metric` (groups of ≥ 2 seeds only):
+    the difference, and whether it exceeds the seed spread, i.e. every seed of the better group
+    scores above every seed of the other; Welch's t-test p-value alongside."""
+    from scipy.stats import ttest_ind
+
+    ranked = sorted(
+        (g for g in groups if len(g.values(metric)) >= 2),
+        key=lambda g: -statistics.mean(g.values(metric)),
+    )
+    labels, lines = group_labels(groups), []
+    for better, worse in itertools.pairwise(ranked):
+        a, b = better.values(metric), worse.values(metric)
+        diff = 100 * (statistics.mean(a) - statistics.mean(b))
+        with warnings.catch_warnings():  # no spread in either group: p is nan, said below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(ttest_ind(a, b, equal_var=False).pvalue)
+        test = f"Welch's t-test p = {p:.2g}" if math.isfinite(p) else "no spread for a t-test"
+        verdict = (
+            "exceeds the seed spread (every seed above every seed)"
+            if min(a) > max(b)
+            else f"within the seed spread ({labels[better.first.run_id]}: "
+            f"{100 * min(a):.1f}–{100 * max(a):.1f} %, {labels[worse.first.run_id]}: "
+            f"{100 * min(b):.1f}–{100 * max(b):.1f} %)"
+        )
+        lines.append(
+            f"{labels[better.first.run_id]} vs {labels[worse.first.run_id]}: {metric} "
+            f"{diff:+.1f} points, {verdict}; {test}."
+        )
+    return lines

@@ -18,9 +18,9 @@ from omegaconf import DictConfig
 
 from cnnexp.config import ConfigError, check_settings
 from cnnexp.report.pages import Page, html_page, markdown_page, markdown_table
-from cnnexp.report.plots import accuracy_vs_params_figure, curves_figure, placed_runs
+from cnnexp.report.plots import accuracy_vs_params_figure, curves_figure, placed_groups
 from cnnexp.report.select import KIND_TAG, SWEEP_TAG, Selection, open_store, select_runs
-from cnnexp.report.table import comparison_table, run_labels
+from cnnexp.report.table import comparison_table, group_labels, seed_groups, seed_verdicts
 from cnnexp.schema import STATUSES
 from cnnexp.tracking import log_params, resolve_tracking_uri, run_status
 
@@ -81,19 +81,21 @@ def notes(spec: ReportSpec, selection: Selection, uri: str) -> list[str]:
         )
     if selection.dropped:
         lines.append(f"Left out, older than the newest report.max_runs ({selection.dropped}).")
-    placed = {r.run_id for r in placed_runs(selection.runs)}
-    unplaced = [r.name for r in selection.runs if r.run_id not in placed]
+    groups = seed_groups(selection.runs)
+    placed = {g.first.run_id for g in placed_groups(groups)}
+    unplaced = [g.first.name for g in groups if g.first.run_id not in placed]
     if unplaced:
         lines.append(f"Not in the accuracy plot (no n_params or val_acc): {', '.join(unplaced)}.")
+    verdicts = seed_verdicts(groups)
+    if verdicts:
+        lines.append("Seeds, neighbours in the ranking by mean test_acc: " + " ".join(verdicts))
     return lines
 
 
 def write_files(folder: Path, page: Page, selection: Selection) -> None:
-    labels = run_labels(selection.runs)
-    figures = [
-        curves_figure(selection.runs, labels),
-        accuracy_vs_params_figure(selection.runs, labels),
-    ]
+    groups = seed_groups(selection.runs)
+    labels = group_labels(groups)
+    figures = [curves_figure(groups, labels), accuracy_vs_params_figure(groups, labels)]
     for name, figure in zip(FIGURES, figures, strict=True):
         figure.savefig(folder / name, dpi=110)
     (folder / "report.md").write_text(markdown_page(page))
