@@ -207,7 +207,8 @@ def comparison_table(runs: list[RunRecord]) -> Table:
 def seed_verdicts(groups: list[SeedGroup], metric: str = "test_acc") -> list[str]:
     """For each pair of neighbours in the ranking by mean `metric` (groups of ≥ 2 seeds only):
     the difference, and whether it exceeds the seed spread, i.e. every seed of the better group
-    scores above every seed of the other; Welch's t-test p-value alongside."""
+    scores above every seed of the other (with the chance of that between equally good
+    configs); Welch's t-test p-value alongside."""
     from scipy.stats import ttest_ind
 
     ranked = sorted(
@@ -222,8 +223,10 @@ def seed_verdicts(groups: list[SeedGroup], metric: str = "test_acc") -> list[str
             warnings.simplefilter("ignore", RuntimeWarning)
             p = float(ttest_ind(a, b, equal_var=False).pvalue)
         test = f"Welch's t-test p = {p:.2g}" if math.isfinite(p) else "no spread for a t-test"
-        verdict = (
-            "exceeds the seed spread (every seed above every seed)"
+        chance = 2 / math.comb(len(a) + len(b), len(a))  # equally good configs: separate
+        verdict = (  # either way with this probability
+            f"exceeds the seed spread (every seed above every seed; chance {chance:.2g} if the "
+            "two were equally good)"
             if min(a) > max(b)
             else f"within the seed spread ({labels[better.first.run_id]}: "
             f"{100 * min(a):.1f}–{100 * max(a):.1f} %, {labels[worse.first.run_id]}: "
