@@ -14,7 +14,7 @@ from cnnexp.analysis.callbacks import build_callbacks, tile_grid
 from cnnexp.analysis.fit import FitDiagnosis
 from cnnexp.analysis.gradcam import gradcam
 from cnnexp.analysis.health import activation_health, network_health
-from cnnexp.analysis.top_patches import OUTSIDE, all_top_patches, block_fields
+from cnnexp.analysis.top_patches import all_top_patches, block_fields
 from cnnexp.config import ConfigError
 from cnnexp.models.blocks import ConvBlock, build_net, plan_net
 from cnnexp.report.explorer import logged_images
@@ -144,6 +144,6 @@ def test_top_patch_is_cut_at_the_units_receptive_field() -> None:
     assert (fields["conv2"].size, fields["conv2"].stride, fields["conv2"].padding) == (5, 1, 2)
     [first, second] = all_top_patches(net, images, fields, k=2, max_channels=4)["conv2"][0]
     assert first.shape == (1, 5, 5) and first[0, 2, 2] == 1 and first[0, :, :4].sum() == 1
-    assert (first[0, :, 4] == OUTSIDE).all()  # column 8 lies past the 8-pixel-wide image
-    assert (second[0, :2] == OUTSIDE).all() and (second[0, :, :2] == OUTSIDE).all()
+    assert first[0, :, 4].isnan().all()  # column 8 lies past the 8-pixel-wide image
+    assert second[0, :2].isnan().all() and second[0, :, :2].isnan().all()
     assert second[0, 2, 2] == 1  # scaled per image: the corner pixel is that image's maximum

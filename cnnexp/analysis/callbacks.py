@@ -140,20 +140,21 @@ class FeatureMapLogger(SnapshotLogger):
 
     def snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         x = self.images.to(pl_module.device)
-        inputs = [to_rgb(minmax(image)) for image in self.images.float()]
+        inputs = [as_input(minmax(image)) for image in self.images.float()]
         for name, maps in block_outputs(pl_module.net, x).items():
             maps = maps[:, : self.max_channels].float().cpu()
             if self.normalize == "layer":
                 maps = minmax(maps)
             rows = [
-                [inputs[i]] + [to_rgb(minmax(c) if self.normalize == "channel" else c) for c in m]
+                [inputs[i]] + [viridis(minmax(c) if self.normalize == "channel" else c) for c in m]
                 for i, m in enumerate(maps)
             ]
             self.log_image(trainer, tile_grid(rows, self.tile_px), f"feature_maps/{name}", step)
 
 
 class KernelLogger(SnapshotLogger):
-    """Image `kernels/conv1`: the first conv's filters, zero = grey (RGB when the input is)."""
+    """Image `kernels/conv1`: the first conv's filters, zero = mid grey, positive lighter,
+    negative darker (RGB when the input is)."""
 
     def __init__(self, every: int, tile_px: int, resumed: bool = False) -> None:
         super().__init__(every, resumed)
@@ -166,7 +167,7 @@ class KernelLogger(SnapshotLogger):
         name, block = next(iter(blocks.items()))
         w = getattr(block, "conv", block).weight.detach().float().cpu()
         w = w / (2 * w.abs().max().clamp_min(1e-12)) + 0.5  # [-max, max] -> [0, 1]
-        tiles = [to_rgb(k if k.shape[0] == 3 else k[:1]) for k in w]
+        tiles = [as_input(k) for k in w]
         cols = math.ceil(math.sqrt(len(tiles)))
         rows = [tiles[i : i + cols] for i in range(0, len(tiles), cols)]
         self.log_image(trainer, tile_grid(rows, self.tile_px), f"kernels/{name}", step)
@@ -220,7 +221,7 @@ class TopPatchLogger(SnapshotLogger):
             self.fields = block_fields(net, self.input_shape)
         x = self.images.to(pl_module.device)
         for name, rows in all_top_patches(net, x, self.fields, self.k, self.max_channels).items():
-            tiles = [[to_rgb(p) for p in row] for row in rows]
+            tiles = [[as_input(p) for p in row] for row in rows]
             self.log_image(trainer, tile_grid(tiles, self.tile_px), f"top_patches/{name}", step)
 
 
@@ -243,12 +244,22 @@ class HealthLogger(L.Callback):
         trainer.logger.log_metrics({**metrics, **self.grad_norms}, step=trainer.current_epoch)
 
 
-def to_rgb(t: torch.Tensor) -> np.ndarray:
-    """C×H×W (C = 1 or 3) or H×W in [0, 1] -> H×W×3 float array (one channel: viridis)."""
-    t = t.clamp(0, 1)
-    if t.dim() == 3 and t.shape[0] == 3:
-        return t.permute(1, 2, 0).numpy()
-    return matplotlib.colormaps["viridis"](t.reshape(t.shape[-2:]).numpy())[..., :3]
+def viridis(t: torch.Tensor) -> np.ndarray:
+    """An H×W map in [0, 1] -> H×W×3 float array in viridis (dark blue low, yellow high)."""
+    return matplotlib.colormaps["viridis"](t.clamp(0, 1).numpy())[..., :3]
+
+
+OUTSIDE_RGB = (0.55, 0.75, 1.0)  # light blue: a patch's part past the image border (NaN)
+
+
+def as_input(t: torch.Tensor) -> np.ndarray:
+    """C×H×W in [0, 1] drawn as the input looks: RGB when C = 3, else its first channel in grey;
+    NaN (top_patches.OUTSIDE) in OUTSIDE_RGB."""
+    t = t.float()
+    rgb = t[:3] if t.shape[0] == 3 else t[:1].expand(3, -1, -1)
+    picture = rgb.clamp(0, 1).permute(1, 2, 0).numpy().copy()
+    picture[rgb.isnan().any(0).numpy()] = OUTSIDE_RGB
+    return picture
 
 
 def tile_grid(rows: list[list[np.ndarray]], tile_px: int) -> np.ndarray:

@@ -4,7 +4,8 @@ For each conv block and each of its first `max_channels` channels: every validat
 strongest unit of that channel (the maximum over positions), the `k` images where it is highest,
 and from each the input patch that unit sees, cut at its exact receptive field from
 `receptive_fields`. Unit (i, j) with field size r, stride S and padding P sees input rows
-i·S − P … i·S − P + r − 1 (columns likewise); parts outside the image are left grey.
+i·S − P … i·S − P + r − 1 (columns likewise); parts outside the image are NaN (OUTSIDE), drawn
+in a colour no image pixel has.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cnnexp.analysis.health import block_outputs, conv_blocks
 from cnnexp.analysis.images import minmax
 from cnnexp.analysis.receptive_field import RFRow, field_of, receptive_fields
 
-OUTSIDE = 0.5  # grey where a field reaches past the image border
+OUTSIDE = float("nan")  # where a field reaches past the image border
 
 
 def block_fields(net: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, RFRow]:
@@ -35,7 +36,7 @@ def top_patches(
     acts: torch.Tensor, images: torch.Tensor, field: RFRow, k: int, max_channels: int
 ) -> list[list[torch.Tensor]]:
     """A row per channel: its `k` strongest images' patches (C×r×r each, values of `images`
-    min-max scaled to [0, 1] per image, grey outside), strongest first."""
+    min-max scaled to [0, 1] per image, OUTSIDE past its border), strongest first."""
     n, width = acts.shape[0], acts.shape[-1]
     scaled = torch.stack([minmax(image) for image in images.float().cpu()])
     (rh, rw), (sh, sw), (ph, pw) = field.size_hw, field.stride_hw, field.padding_hw
@@ -53,7 +54,7 @@ def top_patches(
 
 
 def _crop(image: torch.Tensor, top: int, left: int, rh: int, rw: int) -> torch.Tensor:
-    """The rh×rw window at (top, left) of a C×H×W image, grey where it leaves the image."""
+    """The rh×rw window at (top, left) of a C×H×W image, OUTSIDE where it leaves the image."""
     patch = torch.full((image.shape[0], rh, rw), OUTSIDE)
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + rh, image.shape[1]), min(left + rw, image.shape[2])

@@ -34,8 +34,8 @@ CAPTIONS = {
     "feature_maps": "Each row: a fixed validation image, then the block's output channels "
     "(after its activation); bright = strong response.",
     "top_patches": "Each row: one channel's strongest validation patches, each cut at that "
-    "unit's exact receptive field (grey = outside the image). What the channel looks for.",
-    "kernels": "The first conv's filters (grey = 0, light = positive, dark = negative weights).",
+    "unit's exact receptive field (light blue = outside the image). What the channel looks for.",
+    "kernels": "The first conv's filters (mid grey = 0, lighter = positive, darker = negative).",
     "erf": "Effective receptive field: how strongly each input pixel moves the centre unit of the "
     "last spatial layer; the square is the theoretical receptive field.",
     "gradcam": "Grad-CAM at the last spatial layer: where the net looks for the true and for the "
