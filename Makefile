@@ -9,10 +9,10 @@ STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py constraints.txt   ## ranges from pyproject, exact versions from constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 train: $(STAMP)          ## the default experiment: stacked3x3 on MNIST-5k

@@ -1,4 +1,4 @@
-"""`python -m cnnexp [overrides]`: Hydra composes conf/, then the chosen task runs.
+"""`cnnexp [overrides]` (= `python -m cnnexp`): Hydra composes conf/, then the chosen task runs.
 
 Heavy imports (torch, Lightning, MLflow) happen inside the task, so `--help` stays fast.
 """
@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cnnexp import schema, sweeps
+from cnnexp.config import config_dir
 from cnnexp.errors import one_line
 
 log = logging.getLogger("cnnexp")
@@ -54,7 +55,7 @@ def run_task(cfg: DictConfig) -> float | None:
     return train(cfg)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
         return run_task(cfg)
@@ -72,10 +73,16 @@ def main(cfg: DictConfig) -> float | None:
         return None  # Optuna marks the trial FAIL (no float) and asks for the next
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `cnnexp` console command and `python -m cnnexp`: Hydra's main, then (multirun) what
+    became of each job, and the exit code that says so."""
     try:
         main()
     finally:  # also when a sweeper gives up (Optuna) or Ctrl-C stops a job of a sweep
         code = sweeps.report_jobs()  # a multirun: one line per failed (after Ctrl-C: every) job
         if code:
             sys.exit(code)
+
+
+if __name__ == "__main__":
+    cli()

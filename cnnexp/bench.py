@@ -30,7 +30,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from cnnexp import data, models, schema
-from cnnexp.config import repo_root
+from cnnexp.config import config_dir, repo_root
 
 EPOCHS = 3  # runner vs plain
 ROUNDS = 5
@@ -41,7 +41,7 @@ DEFAULT_SIZE: list[str] = []  # the default run as `make train` runs it: stacked
 def plain_loop_seconds(overrides: list[str]) -> float:
     """The same net, data, batch size, optimizer and schedule in a bare PyTorch loop."""
     schema.register()
-    with initialize_config_dir(str(repo_root() / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     torch.manual_seed(cfg.seed)
     dm = data.build(cfg.data)
@@ -123,7 +123,7 @@ def model_speed_ratios(rounds: int = 7) -> dict[str, float]:
     for a, b in MODEL_PAIRS:
         nets = {}
         for name in (a, b):
-            with initialize_config_dir(str(repo_root() / "conf"), version_base="1.3"):
+            with initialize_config_dir(str(config_dir()), version_base="1.3"):
                 cfg = compose("config", overrides=[f"model={name}"])
             nets[name] = models.build(cfg.model, (1, 28, 28), 10)
         batch = torch.randn(64, 1, 28, 28)

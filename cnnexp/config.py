@@ -23,10 +23,23 @@ class ConfigError(ValueError):
     """A mistake in the user's config or environment: shown as one line, never a traceback."""
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def checkout() -> Path | None:
+    """The source tree cnnexp runs from (a clone, `pip install -e`); None for an installed wheel,
+    which carries conf/ inside the package as cnnexp/conf (see setup.py)."""
+    return None if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent
+
+
+def config_dir() -> Path:
+    """The primary config dir: the checkout's conf/, else the copy inside the installed package."""
+    return (checkout() or PACKAGE_DIR) / "conf"
+
+
 def repo_root() -> Path:
-    """The checkout that holds conf/ (editable install), else the working directory."""
-    here = Path(__file__).resolve().parents[1]
-    return here if (here / "conf").is_dir() else Path.cwd()
+    """Where `paths.root_dir` (and so outputs/) defaults to: the checkout, else the working dir."""
+    return checkout() or Path.cwd()
 
 
 def job_output_dir(cfg: DictConfig) -> Path:

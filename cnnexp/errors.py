@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from hydra.errors import MissingConfigException, OverrideParseException
+from hydra.errors import MissingConfigException, OverrideParseException, SearchPathException
 from omegaconf.errors import OmegaConfBaseException
 
 from cnnexp.config import ConfigError, unknown_key
@@ -25,6 +25,8 @@ def one_line(err: BaseException) -> str | None:
         return f"{err.override}: cannot parse this override ({first_line(err.message)})"
     if isinstance(err, MissingConfigException):
         return _missing_option(err)
+    if isinstance(err, SearchPathException):  # Hydra raises it for a --config-dir that is missing
+        return f"--config-dir: {first_line(str(err))}"
     cause = _omegaconf_cause(err)
     if cause is not None:
         return _omegaconf_line(cause)
