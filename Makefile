@@ -24,8 +24,9 @@ test: $(STAMP)           ## the whole suite, slow end-to-end tests included, one
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses 4 -m "not slow" $(PYTEST_ARGS)
 
-ui: $(STAMP)             ## MLflow UI on 127.0.0.1 over the same store the runs write
+ui: $(STAMP)             ## MLflow UI on 127.0.0.1 over the same store the runs write; prints the dashboard links
 	mkdir -p outputs/mlartifacts
+	$(PY) -m cnnexp.tracking $(STORE) $(UI_PORT)
 	$(PY) -m mlflow ui --backend-store-uri $(STORE) --default-artifact-root $(CURDIR)/outputs/mlartifacts --host 127.0.0.1 --port $(UI_PORT)
 
 lint: $(STAMP)

@@ -21,6 +21,7 @@ from cnnexp.errors import resume_hint
 from cnnexp.models.facts import flops_per_image, n_params, throughput
 from cnnexp.report.explorer import log_explorer
 from cnnexp.resume import LatestCheckpoint, TrainingStarted, locate, reopen
+from cnnexp.tracking.dashboard import add_run_images
 from cnnexp.tracking.logger import RunLogger
 from cnnexp.validate import validate
 
@@ -108,6 +109,7 @@ def train(cfg: DictConfig) -> float:
             client.log_artifact(run_id, best, "checkpoints")
         if cfg.analysis.enabled:  # last: the page shows everything the run recorded
             log_explorer(client, run_id)
+        add_run_images(client, run_id)  # the experiment's dashboard gains this run's image keys
 
     val = [m.value for m in client.get_metric_history(run_id, "val_acc")]
     best_val = max(val, default=float("nan"))

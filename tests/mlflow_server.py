@@ -59,9 +59,12 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_mlflow_server(root: Path, port: int | None = None) -> Iterator[MlflowServer]:
-    """`mlflow server` over sqlite:///<root>/server.db, artifacts served from <root>/artifacts,
-    on `port` (a free one by default; the same root and port restart the same server)."""
+def running_mlflow_server(
+    root: Path, port: int | None = None, store: str | None = None
+) -> Iterator[MlflowServer]:
+    """`mlflow server` over sqlite:///<root>/server.db (or the store `store`, e.g. the one local
+    runs wrote, as `make ui` serves it), artifacts served from <root>/artifacts, on `port` (a
+    free one by default; the same root and port restart the same server)."""
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
@@ -70,7 +73,7 @@ def running_mlflow_server(root: Path, port: int | None = None) -> Iterator[Mlflo
         "-m",
         "mlflow",
         "server",
-        f"--backend-store-uri=sqlite:///{root}/server.db",
+        f"--backend-store-uri={store or f'sqlite:///{root}/server.db'}",
         "--serve-artifacts",
         f"--artifacts-destination={root}/artifacts",
         "--host=127.0.0.1",

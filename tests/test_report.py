@@ -172,18 +172,15 @@ def md_rows(markdown: str) -> list[dict[str, str]]:
 
 def training_runs(out) -> list:
     client = store(out)
-    experiment = client.get_experiment_by_name("cnnexp")
-    return [
-        r
-        for r in client.search_runs([experiment.experiment_id])
-        if r.data.tags.get("cnnexp.kind") != "report"
-    ]
+    return client.search_runs([client.get_experiment_by_name("cnnexp").experiment_id])
 
 
 def report_runs(out) -> dict:
+    """The runs of experiment cnnexp-reports, where the reports of experiment cnnexp go."""
     client = store(out)
-    experiment = client.get_experiment_by_name("cnnexp")
-    found = client.search_runs([experiment.experiment_id], "tags.`cnnexp.kind` = 'report'")
+    experiment = client.get_experiment_by_name("cnnexp-reports")
+    found = client.search_runs([experiment.experiment_id]) if experiment else []
+    assert all(r.data.tags["cnnexp.kind"] == "report" for r in found)
     return {r.info.run_id: r for r in found}
 
 
@@ -215,6 +212,12 @@ def test_report_holds_each_runs_values_from_the_store_and_is_a_run_itself(runs_o
     assert {p.name for p in folder.iterdir()} == {"report.md", "report.html", *FIGURES}
     assert str(folder) in result.stdout and logged.info.run_id in result.stdout
     client, runs = store(runs_out), training_runs(runs_out)
+    assert all(r.data.tags.get("cnnexp.kind") != "report" for r in runs)  # not among training runs
+    reports_id = client.get_experiment_by_name("cnnexp-reports").experiment_id
+    assert (
+        f"#/experiments/{reports_id}/runs/{logged.info.run_id}?workflowType=machine_learning"
+        in (result.stdout)
+    )
     rows = {row["id"]: row for row in md_rows((folder / "report.md").read_text())}
     assert sorted(rows) == sorted(r.info.run_id[:8] for r in runs)
     for run in runs:
@@ -260,10 +263,16 @@ def test_sweep_id_selects_one_sweep_and_reports_never_compare_reports(runs_out) 
     assert set(first.data.tags["compared_runs"].split(",")) == sweep_runs
     assert first.data.tags["sweep_id"] == sweep_id
     assert len(md_rows((folder / "report.md").read_text())) == 2
-    _, folder, second = run_report(runs_out)  # the first report run is in the experiment now
+    _, folder, second = run_report(runs_out)
     compared = set(second.data.tags["compared_runs"].split(","))
     assert compared == {r.info.run_id for r in runs} and first.info.run_id not in compared
     assert len(md_rows((folder / "report.md").read_text())) == 3
+    of_reports = run_cli("task=report", "report.experiment=cnnexp-reports", out=runs_out)
+    assert of_reports.returncode == 2  # its runs are all reports: nothing to compare
+    assert (
+        "cnnexp: error: report.experiment: experiment 'cnnexp-reports' has no runs to compare"
+        in (of_reports.stderr)
+    )
 
 
 @pytest.mark.slow
@@ -297,10 +306,13 @@ def test_report_reads_from_and_logs_to_a_real_mlflow_server(mlflow_server, out) 
     result = run_cli("task=report", out=out, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(mlflow_server.url)
-    experiment = client.get_experiment_by_name("cnnexp")
-    runs = client.search_runs([experiment.experiment_id])
-    [logged] = [r for r in runs if r.data.tags.get("cnnexp.kind") == "report"]
-    [run] = [r for r in runs if r.info.run_id != logged.info.run_id]
+    [run] = client.search_runs([client.get_experiment_by_name("cnnexp").experiment_id])
+    reports = client.get_experiment_by_name("cnnexp-reports")
+    [logged] = client.search_runs([reports.experiment_id])
+    assert logged.data.tags["cnnexp.kind"] == "report"
+    assert f"open: served by the tracking server  ->  {mlflow_server.url}/#/experiments/" in (
+        result.stdout
+    )
     local = client.download_artifacts(logged.info.run_id, "report.md", str(out))
     [row] = md_rows(Path(local).read_text())
     assert row["params"] == f"{run.data.metrics['n_params']:,.0f}" and row["RF"] == "–"

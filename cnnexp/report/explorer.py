@@ -21,14 +21,10 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from cnnexp.report.pages import png_data_uri
+from cnnexp.tracking.dashboard import image_file
 
 ARTIFACT = "explorer.html"
 USED = ("images", "architecture.png", "receptive_field.txt", "learning_curve.png")
-# MLflow names each stepped image <key, / as ~>+step+<n>+timestamp+<ms>+<uuid>.png ('%' before
-# MLflow 3.x's change to '+'); the frontend reads both, and so does this.
-IMAGE_FILE = re.compile(
-    r"^(?P<key>.+?)[+%]step[+%](?P<step>\d+)[+%]timestamp[+%](?P<ms>\d+)[+%][0-9a-f-]+\.png$"
-)
 # What each picture shows and how to read it (README "Reading the pictures" says more).
 CAPTIONS = {
     "feature_maps": "Each row: a fixed validation image, then the block's output channels "
@@ -101,9 +97,8 @@ def logged_images(folder: Path) -> dict[str, dict[int, Path]]:
     newest file wins where one step was logged twice."""
     found: dict[str, dict[int, tuple[int, Path]]] = {}
     for path in folder.glob("*.png"):
-        match = IMAGE_FILE.match(path.name)
-        if match:
-            key, step, ms = match["key"].replace("~", "/"), int(match["step"]), int(match["ms"])
+        if logged := image_file(path.name):
+            key, step, ms = logged
             if ms >= found.setdefault(key, {}).get(step, (-1, path))[0]:
                 found[key][step] = (ms, path)
     return {key: {s: p for s, (_, p) in sorted(steps.items())} for key, steps in found.items()}

@@ -1,8 +1,9 @@
-"""task=report: select runs, write the report files, log them as a run of the same experiment.
+"""task=report: select runs, write the report files, log them as a run of experiment X-reports.
 
 Files: <report.dir>/<time>_<experiment or sweep id>/ report.md, report.html (self-contained),
-val_curves.png, accuracy_vs_params.png. MLflow: a run named report-<...> tagged
-cnnexp.kind=report (and sweep_id), the files as artifacts, the table as the run's description.
+val_curves.png, accuracy_vs_params.png. MLflow: a run named report-<...> in experiment
+`<compared experiment>-reports` (never among the training runs), tagged cnnexp.kind=report (and
+sweep_id), the files as artifacts, the table as the run's description.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from cnnexp.report.plots import accuracy_vs_params_figure, curves_figure, placed
 from cnnexp.report.select import KIND_TAG, SWEEP_TAG, Selection, open_store, select_runs
 from cnnexp.report.table import comparison_table, group_labels, seed_groups, seed_verdicts
 from cnnexp.schema import STATUSES
-from cnnexp.tracking import log_params, resolve_tracking_uri, run_status
+from cnnexp.tracking import (
+    log_params,
+    reports_experiment,
+    reports_experiment_name,
+    resolve_tracking_uri,
+    run_status,
+    ui_command,
+    ui_url,
+)
 
 FIGURES = {"val_curves.png": "Validation curves", "accuracy_vs_params.png": "Accuracy vs params"}
 NOTE_LIMIT = 5000  # characters of the run description (an MLflow tag)
@@ -120,8 +129,9 @@ def log_report(
     folder: Path,
     page: Page,
     cfg: DictConfig,
-) -> str:
-    """A FINISHED run of the compared experiment holding the report; returns its id."""
+) -> tuple[str, str]:
+    """A FINISHED run of the compared experiment's reports experiment holding the report;
+    returns (experiment id, run id)."""
     tags = {
         KIND_TAG: "report",
         "mlflow.note.content": description(page),
@@ -129,7 +139,8 @@ def log_report(
     }
     if spec.sweep_id:
         tags[SWEEP_TAG] = spec.sweep_id
-    run = client.create_run(selection.experiment_id, run_name=f"report-{spec.slug}", tags=tags)
+    experiment_id = reports_experiment(client, cfg, spec.experiment)
+    run = client.create_run(experiment_id, run_name=f"report-{spec.slug}", tags=tags)
     run_id = run.info.run_id
     with run_status(client, run_id, cfg):
         params = {
@@ -141,7 +152,7 @@ def log_report(
         }
         log_params(client, run_id, params)
         client.log_artifacts(run_id, str(folder))
-    return run_id
+    return experiment_id, run_id
 
 
 def report(cfg: DictConfig) -> Path:
@@ -155,12 +166,12 @@ def report(cfg: DictConfig) -> Path:
     page = Page(title, notes(spec, selection, uri), comparison_table(selection.runs), FIGURES)
     folder = new_folder(spec.dir, spec.slug)
     write_files(folder, page, selection)
-    run_id = log_report(client, spec, selection, folder, page, cfg)
+    experiment_id, run_id = log_report(client, spec, selection, folder, page, cfg)
+    where = reports_experiment_name(spec.experiment)
     print(
         f"\n{markdown_table(page.table)}\n\n{title}: {len(selection.runs)} runs compared\n"
         f"  wrote {folder}/ report.md, report.html, {', '.join(FIGURES)}\n"
-        f"  MLflow run {run_id} (tag {KIND_TAG}=report) at {uri}\n"
-        f"  open: make ui  ->  http://127.0.0.1:5000/#/experiments/{selection.experiment_id}"
-        f"/runs/{run_id}"
+        f"  MLflow run {run_id} in experiment {where!r} at {uri}\n"
+        f"  open: {ui_command(uri)}  ->  {ui_url(uri, experiment_id, run_id)}"
     )
     return folder

@@ -14,13 +14,19 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from filelock import FileLock
-from mlflow.entities import Param, RunStatus
+from mlflow.entities import Experiment, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from cnnexp import sweeps
 from cnnexp.config import ConfigError
+from cnnexp.tracking.dashboard import (
+    VIEW_TAG,
+    publish_dashboard,
+    ui_command,
+    ui_url,
+)
 from cnnexp.tracking.liveness import Heartbeat, process_tags, reap_dead_runs
 from cnnexp.tracking.logger import bound_http_retries, is_outage
 
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 for _noisy in ("alembic", "mlflow.store.db.utils"):  # "Creating initial MLflow database tables"
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # UI: "Model training"
+REPORTS_SUFFIX = "-reports"  # the report runs of experiment X live in experiment X-reports
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 PARAM_VALUE_MAX = 6000  # MLflow's limit of characters per param value
 PROBE_SECONDS = 5  # an http(s) tracking server must answer /health within this
@@ -78,32 +85,39 @@ def check_server_reachable(uri: str, key: str) -> None:
     raise ConfigError(f"{key}: cannot reach MLflow server {uri} ({reason})")
 
 
-def _experiment_id(client: MlflowClient, name: str, artifact_root: str | None) -> str:
+def _experiment(client: MlflowClient, name: str, artifact_root: str | None, key: str) -> Experiment:
     found = client.get_experiment_by_name(name)
     if found is None:
         location = None if artifact_root is None else Path(artifact_root, name).as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+            created = client.create_experiment(
+                name, artifact_location=location, tags=EXPERIMENT_TAGS
+            )
+            return client.get_experiment(created)
         except MlflowException:  # a parallel job created it first
             found = client.get_experiment_by_name(name)
             if found is None:
                 raise
     if found.lifecycle_stage == "deleted":
         raise ConfigError(
-            f"logger.experiment_name: experiment {name!r} is deleted in this store "
+            f"{key}: experiment {name!r} is deleted in this store "
             "(restore it with `mlflow experiments restore` or choose another name)"
         )
-    return found.experiment_id
+    return found
+
+
+def _artifact_root(cfg: DictConfig, uri: str) -> str | None:
+    """Where new experiments of a local store keep artifacts; a server decides itself."""
+    return str(cfg.logger.artifact_root) if _is_local(uri) else None
 
 
 def ensure_experiment(cfg: DictConfig) -> tuple[str, str]:
     """Find or create `logger.experiment_name` (artifacts pinned under outputs/ for a local
-    store) and mark the store's runs whose process died FAILED; return (tracking_uri,
-    experiment_id). Opens no run."""
+    store; the cnnexp dashboard view where it has none) and mark the store's runs whose process
+    died FAILED; return (tracking_uri, experiment_id). Opens no run."""
     uri, key = resolve_tracking_uri(cfg), tracking_uri_key()
     bound_http_retries(cfg.logger.outage_timeout_s)
     check_server_reachable(uri, key)
-    local = _is_local(uri)
     lock = nullcontext()
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
@@ -112,18 +126,33 @@ def ensure_experiment(cfg: DictConfig) -> tuple[str, str]:
     try:
         with lock:
             client = MlflowClient(tracking_uri=uri)
-            experiment_id = _experiment_id(
-                client, cfg.logger.experiment_name, str(cfg.logger.artifact_root) if local else None
+            experiment = _experiment(
+                client,
+                cfg.logger.experiment_name,
+                _artifact_root(cfg, uri),
+                "logger.experiment_name",
             )
+            if VIEW_TAG not in experiment.tags:
+                publish_dashboard(client, experiment.experiment_id)
         for run_id in reap_dead_runs(client, cfg.logger.stale_after_s):
             log.warning(
                 "run %s: its process died; marked FAILED (tag error says how to resume)", run_id
             )
-        return uri, experiment_id
+        return uri, experiment.experiment_id
     except MlflowException as err:
         raise ConfigError(
             f"{key}: cannot use MLflow store {uri} ({str(err).splitlines()[0][:200]})"
         ) from None
+
+
+def reports_experiment_name(experiment: str) -> str:
+    return f"{experiment}{REPORTS_SUFFIX}"
+
+
+def reports_experiment(client: MlflowClient, cfg: DictConfig, experiment: str) -> str:
+    """The id of experiment `<experiment>-reports` (made where missing): task=report's runs."""
+    name, root = reports_experiment_name(experiment), _artifact_root(cfg, resolve_tracking_uri(cfg))
+    return _experiment(client, name, root, "report.experiment").experiment_id
 
 
 def flatten(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str]:
@@ -161,8 +190,8 @@ def where_text(cfg: DictConfig, uri: str, experiment_id: str, run_id: str, out: 
     return (
         f"  MLflow run {run_id} in experiment {cfg.logger.experiment_name!r} at {uri}\n"
         f"  outputs in {out}\n"
-        f"  compare runs: make ui  ->  http://127.0.0.1:5000/#/experiments/{experiment_id}"
-        f"/runs/{run_id}"
+        f"  compare runs: {ui_command(uri)}  ->  {ui_url(uri, experiment_id, view=True)}\n"
+        f"  this run: {ui_url(uri, experiment_id, run_id)}"
     )
 
 
