@@ -68,14 +68,20 @@ def ui_command(uri: str) -> str:
     return "make ui" if checkout() else f"mlflow ui --backend-store-uri {uri}"
 
 
-def _line_chart(key: str, section: str) -> dict:
+def _chart(kind: str, key: str, section: str) -> dict:
+    """What every chart of the view carries: its id, kind and section."""
     return {
         "uuid": f"cnnexp-{key}",
-        "type": "LINE",
+        "type": kind,
         "runsCountToCompare": 10,
         "metricSectionId": section,
         "deleted": False,
         "isGenerated": False,
+    }
+
+
+def _line_chart(key: str, section: str) -> dict:
+    return _chart("LINE", key, section) | {
         "displayName": key,
         "metricKey": key,
         "lineSmoothness": 0,
@@ -93,13 +99,7 @@ def _line_chart(key: str, section: str) -> dict:
 
 
 def _image_chart(key: str, section: str) -> dict:
-    return {
-        "uuid": f"cnnexp-{key}",
-        "type": "IMAGE",
-        "runsCountToCompare": 10,
-        "metricSectionId": section,
-        "deleted": False,
-        "isGenerated": False,
+    return _chart("IMAGE", key, section) | {
         "imageKeys": [key],
         "step": 0,
         "showRunParams": False,  # the grid, not a column of every param above it
