@@ -10,12 +10,17 @@ from pathlib import Path
 from cnnexp.report.table import COLUMN_NOTES, Table
 
 STYLE = (
-    "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
-    "table{border-collapse:collapse;font-size:14px}"
-    "th,td{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
-    "th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}"
-    "p.small{font-size:13px;color:#555;max-width:60em}img{max-width:100%}"
+    "body{font-family:system-ui,sans-serif;margin:2em;color:#222}p{max-width:75em}"
+    "div.table{overflow-x:auto;max-width:100%}"  # a table too wide scrolls in here, not the page
+    "table{border-collapse:collapse;font-size:13px}"
+    "th,td{border:1px solid #ccc;padding:3px 6px;vertical-align:top;text-align:left}"
+    "th{background:#f3f3f3}tbody tr{background:#fff}tbody tr:nth-child(even){background:#f8f8f8}"
+    "th:first-child,td:first-child{position:sticky;left:0;background:inherit}"  # run stays
+    "td.long{min-width:18em}"  # a block list wraps into a few lines, not one block a line
+    "td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}"
+    "th.num{text-align:right}p.small{font-size:13px;color:#555;max-width:60em}img{max-width:100%}"
 )
+LONG = 40  # characters: a text cell this long gets a wider column
 
 
 @dataclass(frozen=True)
@@ -40,18 +45,38 @@ def markdown_page(page: Page) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def html_cell(tag: str, text: str, numeric: bool, breaks: tuple[str, ...]) -> str:
+    """One cell, escaped; a number right-aligned on one line, text free to wrap after each of
+    `breaks` (a block list between its blocks, a dotted key after its dots)."""
+    escaped = html.escape(text)
+    if numeric:
+        return f"<{tag} class='num'>{escaped}</{tag}>"
+    for mark in breaks:
+        escaped = escaped.replace(mark, f"{mark}<wbr>")
+    wide = " class='long'" if len(text) > LONG else ""
+    return f"<{tag}{wide}>{escaped}</{tag}>"
+
+
 def html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    """The table in a box of the page's width that scrolls sideways where the table cannot
+    wrap narrow enough; numbers right-aligned."""
+    head = "".join(
+        html_cell("th", h, numeric, (".",))
+        for h, numeric in zip(table.header, table.numeric, strict=True)
+    )
     rows = "".join(
         "<tr>"
         + "".join(
-            f'<td class="num">{html.escape(c)}</td>' if numeric else f"<td>{html.escape(c)}</td>"
+            html_cell("td", c, numeric, ("},", "],"))
             for c, numeric in zip(row, table.numeric, strict=True)
         )
         + "</tr>\n"
         for row in table.rows
     )
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>"
+    return (
+        f"<div class='table'><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n"
+        "</table></div>"
+    )
 
 
 def png_data_uri(png: bytes) -> str:
