@@ -23,6 +23,7 @@ from cnnexp.report.explorer import log_explorer
 from cnnexp.resume import LatestCheckpoint, TrainingStarted, locate, reopen
 from cnnexp.tracking.dashboard import add_run_images
 from cnnexp.tracking.logger import RunLogger
+from cnnexp.tracking.mlflow_run import Trained
 from cnnexp.validate import validate
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
 
 def train(cfg: DictConfig) -> float:
     """Train and test the configured net; return the best val_acc (what sweepers optimise)."""
+    return train_run(cfg).best_val_acc
+
+
+def train_run(cfg: DictConfig) -> Trained:
+    """Train and test the configured net, as `train` does; return what the run produced."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     checked = validate(cfg)  # every config mistake, before data loads or a run opens
     if cfg.model.kind == "orb_bovw":  # hand-crafted baseline, no net to train
@@ -80,7 +86,7 @@ def train(cfg: DictConfig) -> float:
         trainer.test(module, datamodule=dm, ckpt_path=best_checkpoint(trainer), weights_only=True)
         if cfg.trainer.fast_dev_run:
             print(f"\nfast_dev_run: fit, validation and test ran; nothing recorded in {uri}")
-        return float("nan")
+        return Trained(None, uri, out, float("nan"), float("nan"))
 
     run_id = resume.run_id if resume else tracking.open_run(client, experiment_id, cfg, out)
     started = TrainingStarted(lambda: reopen(client, resume, cfg, out) if resume else None)
@@ -120,4 +126,4 @@ def train(cfg: DictConfig) -> float:
         f"{speed['throughput_train']:,.0f} img/s training\n"
         + tracking.where_text(cfg, uri, experiment_id, run_id, out)
     )
-    return best_val
+    return Trained(run_id, uri, out, best_val, test_acc)

@@ -9,6 +9,7 @@ from cnnexp import data, tracking
 from cnnexp.config import ConfigError, from_mapping, job_output_dir, plain
 from cnnexp.features.bovw import BovwClassifier
 from cnnexp.features.orb import OrbSettings, keypoints_figure, matches_figure
+from cnnexp.tracking.mlflow_run import Trained
 
 
 def orb_settings(model: DictConfig, image_hw: tuple[int, int]) -> OrbSettings:
@@ -22,8 +23,8 @@ def orb_settings(model: DictConfig, image_hw: tuple[int, int]) -> OrbSettings:
     return settings
 
 
-def train_orb(cfg: DictConfig) -> float:
-    """Fit the ORB baseline on the train split, score train/val/test; return val_acc."""
+def train_orb(cfg: DictConfig) -> Trained:
+    """Fit the ORB baseline on the train split, score train/val/test; return the run."""
     uri, experiment_id = tracking.ensure_experiment(cfg)  # an unusable store stops us here
     dm = data.build(cfg.data)
     settings = orb_settings(cfg.model, dm.input_shape[1:])
@@ -63,4 +64,4 @@ def train_orb(cfg: DictConfig) -> float:
         f"no keypoints {metrics['no_keypoint_fraction']:.1%}  fit {metrics['fit_seconds']:.1f} s\n"
         + tracking.where_text(cfg, uri, experiment_id, run_id, out)
     )
-    return acc["val_acc"]
+    return Trained(run_id, uri, out, acc["val_acc"], acc["test_acc"])

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -38,6 +39,17 @@ REPORTS_SUFFIX = "-reports"  # the report runs of experiment X live in experimen
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 PARAM_VALUE_MAX = 6000  # MLflow's limit of characters per param value
 PROBE_SECONDS = 5  # an http(s) tracking server must answer /health within this
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What one training run produced: its MLflow run (None for a dry run), where its files are."""
+
+    run_id: str | None
+    tracking_uri: str
+    output_dir: Path
+    best_val_acc: float
+    test_acc: float
 
 
 def resolve_tracking_uri(cfg: DictConfig) -> str:
