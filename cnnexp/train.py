@@ -17,6 +17,7 @@ from cnnexp import data, models, tracking
 from cnnexp.analysis.architecture import model_figure
 from cnnexp.analysis.callbacks import build_callbacks
 from cnnexp.config import job_output_dir
+from cnnexp.console import model_summary, quiet_libraries
 from cnnexp.errors import resume_hint
 from cnnexp.models.facts import flops_per_image, n_params, throughput
 from cnnexp.report.explorer import log_explorer
@@ -27,11 +28,7 @@ from cnnexp.tracking.mlflow_run import Trained
 from cnnexp.validate import validate
 
 log = logging.getLogger(__name__)
-logging.getLogger("lightning.pytorch").handlers.clear()  # Hydra's handlers show it once
-logging.getLogger("lightning.pytorch").propagate = True
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda record: "litlogger" not in record.getMessage()
-)  # an advert, not information
+quiet_libraries()
 
 
 def checkpoints(cfg: DictConfig, out: Path) -> list[L.Callback]:
@@ -46,8 +43,9 @@ def checkpoints(cfg: DictConfig, out: Path) -> list[L.Callback]:
 def make_trainer(
     cfg: DictConfig, logger: RunLogger | bool, out: Path, callbacks: list
 ) -> L.Trainer:
-    """The Trainer of `cfg.trainer` (validate checked it on a probe)."""
-    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    """The Trainer of `cfg.trainer` (validate checked it on a probe); cnnexp prints its own
+    model summary (see `train_run`), so Lightning's (FLOPs 0) stays off."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True) | {"enable_model_summary": False}
     return L.Trainer(**trainer, logger=logger, callbacks=callbacks, default_root_dir=out)
 
 
@@ -79,6 +77,8 @@ def train_run(cfg: DictConfig) -> Trained:
     out = job_output_dir(cfg)
     callbacks = checkpoints(cfg, out)
     records = rank_zero_only.rank == 0 and not cfg.trainer.fast_dev_run  # DDP workers: rank 0 does
+    if cfg.trainer.enable_model_summary is not False and rank_zero_only.rank == 0:
+        print(model_summary(cfg.logger.run_name, net, dm.input_shape))
     ckpt = resume.ckpt_path if resume else None
     if not records:  # Lightning's fast_dev_run is a dry run: nothing is recorded
         trainer = make_trainer(cfg, False, out, callbacks)

@@ -101,3 +101,19 @@ def test_tracking_uri_env_wins_over_config(out, tmp_path) -> None:
     client = MlflowClient(uri)
     [experiment] = [e for e in client.search_experiments() if e.name == "cnnexp"]
     assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+def test_console_says_each_line_once_and_nothing_on_stderr(out) -> None:
+    """A default-looking run (progress bar and model summary on) on a new store: every log line
+    once, no library noise on stderr, cnnexp's own summary instead of Lightning's FLOPs 0."""
+    result = run_cli("model=tiny", "data=digits", "trainer.max_epochs=1", "analysis=none", out=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""  # no warning, no second copy of a log line, no MLflow table INFO
+    lines = result.stdout.splitlines()
+    logged = [line.split(" - ", 1)[1] for line in lines if "][INFO] - " in line]
+    assert logged and len(logged) == len(set(logged)), logged
+    assert "Total FLOPs" not in result.stdout
+    summary = result.stdout.split("tiny-relu-digits: input 1x8x8\n", 1)[1]
+    header, first = summary.splitlines()[:2]
+    assert header.split()[:5] == ["layer", "op", "output", "params", "FLOPs"]
+    assert first.split()[:5] == ["features.conv1.conv", "Conv2d", "8x8x8", "72", "9,216"]
