@@ -41,7 +41,7 @@ hydra_internals.run_and_report = report_errors
 def run_task(cfg: DictConfig) -> float | None:
     """The task the config names; heavy imports happen here, not at start-up."""
     if cfg.task == "inspect":
-        from cnnexp.inspect import inspect
+        from cnnexp.layers import inspect
 
         inspect(cfg)
         return None
@@ -49,6 +49,15 @@ def run_task(cfg: DictConfig) -> float | None:
         from cnnexp.report import report
 
         report(cfg)
+        return None
+    if cfg.task == "eval":
+        from cnnexp.evaluate import evaluate
+
+        return evaluate(cfg)
+    if cfg.task == "predict":
+        from cnnexp.evaluate import predict
+
+        predict(cfg)
         return None
     from cnnexp.train import train
 

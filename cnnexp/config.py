@@ -48,17 +48,20 @@ def job_output_dir(cfg: DictConfig) -> Path:
 
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.paths.output_dir, "runs", f"direct-{time.strftime('%Y%m%d-%H%M%S')}")
+    return Path(cfg.paths.output_dir, "runs", f"direct-{time.strftime('%Y%m%d-%H%M%S')}-{uid()}")
+
+
+def uid() -> str:
+    """A short id no two folders made in the same second share, in one process or several."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def register_resolvers() -> None:
     """${repo_root:} and ${uid:} for conf/; safe to call more than once."""
     if not OmegaConf.has_resolver("repo_root"):
         OmegaConf.register_new_resolver("repo_root", lambda: str(repo_root()))
-    if not OmegaConf.has_resolver("uid"):  # unique per process: jobs started in one second differ
-        OmegaConf.register_new_resolver(
-            "uid", lambda: f"{os.getpid()}-{uuid.uuid4().hex[:4]}", use_cache=True
-        )
+    if not OmegaConf.has_resolver("uid"):  # one value per composed config (cached on its root)
+        OmegaConf.register_new_resolver("uid", uid, use_cache=True)
 
 
 def setting(

@@ -52,12 +52,6 @@ def _dropping(part: str) -> logging.Filter:
 
 def model_summary(title: str, net: nn.Module, input_shape: tuple[int, int, int]) -> str:
     """The net layer by layer (as `task=inspect` shows it) and its totals."""
-    from cnnexp.inspect import format_rows, layer_rows
-    from cnnexp.models.facts import flops_per_image, n_params
+    from cnnexp.layers import net_table
 
-    flops = flops_per_image(net, input_shape)
-    shape = "x".join(map(str, input_shape))
-    return (
-        f"{title}: input {shape}\n{format_rows(layer_rows(net, input_shape))}\n"
-        f"total: params {n_params(net):,}  FLOPs/image {flops:,} ({flops / 1e6:.2f} M)"
-    )
+    return str(net_table(title, net, input_shape))

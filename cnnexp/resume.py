@@ -104,25 +104,15 @@ def read_checkpoint(path: Path) -> dict:
 def locate(cfg: DictConfig, client: MlflowClient) -> Resume:
     """The run to continue and its latest state, for `resume=<run id or checkpoint>`; checks
     that the run can be continued with the composed config, changing nothing."""
-    value = str(cfg.resume)
-    path = Path(value).expanduser()
-    given_file = path.is_file()
-    run_id = read_checkpoint(path)[RUN_ID_KEY] if given_file else value
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError(
-            f"resume: run {run_id} (from {path}) is not in this MLflow store"
-            if given_file
-            else f"resume: {value!r} is neither a checkpoint file nor a run id in this MLflow store"
-        ) from None
+    run, given = find_run(client, str(cfg.resume))
+    run_id = run.info.run_id
     _check_status(run, cfg.resume_finished)
-    latest = Path(run.data.tags.get("output_dir", ""), "checkpoints", LATEST)
-    ckpt = path if given_file else latest
+    latest = latest_checkpoint(run)
+    ckpt = given or latest
     if not ckpt.is_file():
         raise ConfigError(f"resume: run {run_id} has no latest-state checkpoint {latest}")
     state = read_checkpoint(ckpt)
-    if given_file and latest.is_file() and latest.resolve() != ckpt.resolve():
+    if given and latest.is_file() and latest.resolve() != ckpt.resolve():
         newest = read_checkpoint(latest)
         if newest.get("global_step", 0) > state.get("global_step", 0):
             raise ConfigError(
@@ -138,6 +128,28 @@ def locate(cfg: DictConfig, client: MlflowClient) -> Resume:
             f"(allowed: more than {trained} to train further)"
         )
     return Resume(run_id, str(ckpt.resolve()), run.info.status)
+
+
+def find_run(client: MlflowClient, value: str) -> tuple[Run, Path | None]:
+    """The run `resume=<value>` names (a run id, or a checkpoint file that carries one) and the
+    file when one was given (None for a run id)."""
+    path = Path(value).expanduser()
+    given_file = path.is_file()
+    run_id = read_checkpoint(path)[RUN_ID_KEY] if given_file else value
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(
+            f"resume: run {run_id} (from {path}) is not in this MLflow store"
+            if given_file
+            else f"resume: {value!r} is neither a checkpoint file nor a run id in this MLflow store"
+        ) from None
+    return run, path if given_file else None
+
+
+def latest_checkpoint(run: Run) -> Path:
+    """Where the run's latest state is (`<output_dir>/checkpoints/latest.ckpt`; may be missing)."""
+    return Path(run.data.tags.get("output_dir", ""), "checkpoints", LATEST)
 
 
 def epochs_trained(state: dict) -> int:

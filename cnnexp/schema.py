@@ -10,7 +10,7 @@ a data set, signatures of optimizers) live in cnnexp/validate.py.
 
 import ast
 import importlib.util
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from omegaconf import MISSING
 
 from cnnexp.config import register_resolvers, setting
 
-TASKS = ("train", "inspect", "report")
+TASKS = ("train", "inspect", "report", "eval", "predict")
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
 HEADS = ("gap", "flatten")  # global average pooling + linear | flatten + linear
 
@@ -214,6 +214,13 @@ class ReportConf:  # task=report: which runs to compare
     dir: str = "${paths.output_dir}/reports"
 
 
+@dataclass
+class PredictConf:  # task=predict: the images to classify and where the CSV goes
+    path: str | None = None  # a folder of images (searched recursively) or one image file
+    top_k: int = setting(3, ge=1)  # most probable classes listed per image (<= classes)
+    output: str | None = None  # the CSV; null: <job output dir>/predictions.csv
+
+
 _SIMPLE = {"int": int, "float": float, "bool": bool, "str": str}
 TRAINER_SET_BY_CNNEXP = ("logger", "callbacks", "plugins", "default_root_dir")
 
@@ -250,9 +257,9 @@ TrainerConf = make_dataclass(
 class Config:
     task: str = setting("train", choices=TASKS)
     seed: int = 0  # seeds weights, shuffling, augmentation (splits use data.split_seed)
-    resume: str | None = None  # a checkpoint path or MLflow run id to continue
+    resume: str | None = None  # a checkpoint path or MLflow run id: to continue, eval, predict
     resume_finished: bool = False  # allow resume= of a FINISHED run (train it further)
-    inspect_model: str | None = None  # task=inspect: a torchvision classifier by name
+    inspect_model: str | None = field(default=None, metadata={"task": "inspect"})  # torchvision
     paths: PathsConf = field(default_factory=PathsConf)
     model: Any = MISSING
     data: Any = MISSING
@@ -262,7 +269,13 @@ class Config:
     logger: LoggerConf = field(default_factory=LoggerConf)
     callbacks: dict[str, Any] = field(default_factory=dict)  # extra Lightning callbacks
     analysis: AnalysisConf = field(default_factory=AnalysisConf)
-    report: ReportConf = field(default_factory=ReportConf)
+    report: ReportConf = field(default_factory=ReportConf, metadata={"task": "report"})
+    predict: PredictConf = field(default_factory=PredictConf, metadata={"task": "predict"})
+
+
+def other_tasks_keys(task: str) -> set[str]:
+    """The top-level keys that only another task reads (a training run does not log them)."""
+    return {f.name for f in fields(Config) if f.metadata.get("task", task) != task}
 
 
 def register() -> None:

@@ -73,7 +73,10 @@ def train_run(cfg: DictConfig) -> Trained:
     resume = locate(cfg, client) if cfg.resume else None
     dm, net = data.build(cfg.data), checked.net
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
-    module = models.Classifier(net, dm.num_classes, instantiate(cfg.optimizer), scheduler)
+    inference = models.classifier.inference_facts(cfg.model, dm)  # eval/predict need it
+    module = models.Classifier(
+        net, dm.num_classes, instantiate(cfg.optimizer), scheduler, inference
+    )
     out = job_output_dir(cfg)
     callbacks = checkpoints(cfg, out)
     records = rank_zero_only.rank == 0 and not cfg.trainer.fast_dev_run  # DDP workers: rank 0 does

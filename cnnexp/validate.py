@@ -56,6 +56,48 @@ def validate(cfg: DictConfig) -> Checked:
     return Checked(info, net)
 
 
+def validate_applying(cfg: DictConfig) -> data.DataInfo | None:
+    """task=eval|predict, before any checkpoint, store or data is read: the settings, resume=,
+    predict.path; eval: the Trainer and the data set's metadata (returned)."""
+    check_settings(cfg, "")
+    if not cfg.resume:
+        raise ConfigError(
+            f"resume: no value given (task={cfg.task} needs resume=<run id or checkpoint file>)"
+        )
+    _check_output_dir(Path(cfg.paths.output_dir))
+    if cfg.task == "predict":
+        if not cfg.predict.path:
+            raise ConfigError(
+                "predict.path: no value given (set predict.path=<folder of images or one image>)"
+            )
+        return None
+    check_trainer(cfg.trainer)
+    return data.check(cfg.data)
+
+
+def check_applies(cfg: DictConfig, trained: dict, source: str, info: data.DataInfo | None) -> None:
+    """What the trained net (`trained`: a checkpoint's inference facts) allows: eval's data set
+    (`info`) has its input shape and class count; predict.top_k is at most its classes."""
+    shape, classes = tuple(trained["input_shape"]), len(trained["class_names"])
+    if info is None:
+        if cfg.predict.top_k > classes:
+            raise ConfigError(
+                f"predict.top_k: {cfg.predict.top_k} is more than the {classes} classes of the "
+                f"net in {source} (allowed: 1..{classes})"
+            )
+        return
+    if (tuple(info.input_shape), len(info.class_names)) != (shape, classes):
+        raise ConfigError(
+            f"data: {cfg.data.name} has {_shape_text(info.input_shape)} images of "
+            f"{len(info.class_names)} classes, the net in {source} takes {_shape_text(shape)} "
+            f"images of {classes} classes (allowed: a data set of that shape and class count)"
+        )
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "×".join(map(str, shape))
+
+
 def _check_output_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)

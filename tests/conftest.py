@@ -11,9 +11,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from cnnexp import schema
+from cnnexp import api, schema
 from tests.mlflow_server import mlflow_server  # noqa: F401  (fixture: a real `mlflow server`)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,19 +34,11 @@ def compose_cfg(*overrides: str) -> DictConfig:
 
 
 def compose_job_cfg(out: Path, *overrides: str) -> DictConfig:
-    """compose_cfg plus what a real job has: HydraConfig set (for `${hydra:...}`), its output
-    dir under `out`; so train(cfg) runs in-process as the CLI would run it."""
-    schema.register()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(
-            "config", overrides=[*overrides, f"paths.output_dir={out}"], return_hydra_config=True
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out / "runs" / "in-process")
-        cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        del cfg["hydra"]
-    return cfg
+    """compose_cfg plus what a real job has (cnnexp.api.compose_job): HydraConfig set, its
+    output dir under `out`; so train(cfg) runs in-process as the CLI would run it."""
+    return api.compose_job(
+        [*overrides, f"paths.output_dir={out}", f"hydra.run.dir={out}/runs/in-process"]
+    )
 
 
 def run_cli(*args: str, out: Path, env: dict | None = None, timeout: int = 300):

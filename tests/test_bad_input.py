@@ -63,7 +63,7 @@ BAD_INPUTS = [  # (overrides, the start of the one line)
     (["data=image_folder", "data.path=/no/such/folder"], "data.path: '/no/such/folder' is not"),
     (["data=image_folder", "data.path=ONE_CLASS"], "data.path: ONE_CLASS holds images of 1 class"),
     (["data=mnist", "data.download=false"], "data.root: MNIST data missing"),
-    (["task=fly"], "task: 'fly' is not allowed (allowed: train, inspect, report)"),
+    (["task=fly"], "task: 'fly' is not allowed (allowed: train, inspect, report, eval, predict)"),
     (["logger.experiment_name="], "logger.experiment_name: empty (allowed: a non-empty name)"),
     (["optimizer._target_=torch.optim.Nope"], "optimizer._target_: cannot import"),
     (["optimizer.momentm=0.9"], "optimizer.momentm: unknown key"),

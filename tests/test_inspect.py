@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnnexp.inspect import inspect
+from cnnexp.layers import inspect
 from tests.conftest import compose_cfg, run_cli
 
 

@@ -206,7 +206,7 @@ def image_folder(path: str, image_size: int, channels: int) -> Raw:
     mode = "L" if channels == 1 else "RGB"
     size = (image_size, image_size)
     try:
-        images = [_read(file, mode, size) for file, _ in folder.samples]
+        images = [read_image(file, mode, size) for file, _ in folder.samples]
     except OSError as err:  # PIL's UnidentifiedImageError is one
         raise ConfigError(f"data.path: cannot read an image under {path} ({err})") from None
     x = torch.from_numpy(np.stack(images)).reshape(len(images), image_size, image_size, channels)
@@ -215,6 +215,6 @@ def image_folder(path: str, image_size: int, channels: int) -> Raw:
     return Raw(x.permute(0, 3, 1, 2).contiguous(), targets, classes)
 
 
-def _read(file: str | Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+def read_image(file: str | Path, mode: str, size: tuple[int, int]) -> np.ndarray:
     with Image.open(file) as img:
         return np.asarray(img.convert(mode).resize(size, Image.Resampling.BILINEAR))

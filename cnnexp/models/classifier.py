@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import lightning as L
 import torch
@@ -10,12 +11,37 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from cnnexp.config import ConfigError
+from cnnexp.config import ConfigError, plain
 
 NAN_CHECK_EVERY = 50  # training steps between non-finite loss checks on a GPU
 RUN_ID_KEY = "mlflow_run_id"  # where a checkpoint keeps the MLflow run it belongs to
+INFERENCE_KEY = "cnnexp_inference"  # what applying the net needs (inference_facts), plain data
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler] | None
+
+
+class TrainedOn(Protocol):
+    """What a net learnt from (a TensorDataModule): its name, images, classes, normalisation."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def inference_facts(model: Any, data: TrainedOn) -> dict[str, Any]:
+    """What applying the net needs, as plain data (weights_only=True loads it): its model config
+    (models.build rebuilds it), the input shape C×H×W, class names, the per-channel mean/std the
+    training images were normalised with (0..1 scale), and the data config's name."""
+    return {
+        "model": plain(model),
+        "input_shape": list(data.input_shape),
+        "class_names": [str(name) for name in data.class_names],
+        "mean": [float(m) for m in data.mean],
+        "std": [float(s) for s in data.std],
+        "data": str(data.name),
+    }
 
 
 class TrainingDiverged(ConfigError):
@@ -28,18 +54,22 @@ class Classifier(L.LightningModule):
     val_loss/val_acc of the last validation that ran in it (validation inside an epoch, through
     `trainer.val_check_interval`, still feeds checkpoints, early stopping and the progress bar);
     test_loss/test_acc at step = epochs trained. Stops with TrainingDiverged on a non-finite
-    training loss, checked without a host sync per step; checkpoints carry the MLflow run id."""
+    training loss, checked without a host sync per step; checkpoints carry the MLflow run id and
+    `inference` (inference_facts: what task=eval|predict need to apply the net); testing and
+    predicting need no optimizer (None)."""
 
     def __init__(
         self,
         net: nn.Module,
         num_classes: int,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory = None,
+        inference: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.inference = inference
         self.acc = nn.ModuleDict(
             {
                 f"{stage}_acc": MulticlassAccuracy(num_classes, average="micro")
@@ -80,6 +110,8 @@ class Classifier(L.LightningModule):
         run_id = getattr(self.logger, "run_id", None)
         if run_id:  # `resume=<checkpoint>` finds the run to continue
             checkpoint[RUN_ID_KEY] = run_id
+        if self.inference:  # task=eval|predict rebuild and feed the net from this alone
+            checkpoint[INFERENCE_KEY] = self.inference
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

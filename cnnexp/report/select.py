@@ -7,17 +7,14 @@ ConfigError before anything is written.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from cnnexp.config import ConfigError
 from cnnexp.sweeps import SWEEP_TAG
-from cnnexp.tracking.liveness import reap_dead_runs
-from cnnexp.tracking.mlflow_run import check_server_reachable, tracking_uri_key
+from cnnexp.tracking.mlflow_run import KIND_TAG
 
-KIND_TAG = "cnnexp.kind"  # "report" on report runs: never compared themselves
 CURVES = ("val_acc", "val_loss")
 PAGE = 1000  # runs per search request
 
@@ -41,19 +38,6 @@ class Selection:
     runs: list[RunRecord]  # oldest first
     left_out: list[RunRecord]  # matched, but their status was not asked for
     dropped: int  # beyond max_runs (the oldest ones)
-
-
-def open_store(uri: str, stale_after_s: float) -> MlflowClient:
-    """A client for `uri` whose runs with a dead process are marked FAILED first; a missing
-    sqlite file (opening would create it) or a server that does not answer is an error naming
-    the setting the URI came from."""
-    key = tracking_uri_key()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ConfigError(f"{key}: no MLflow store at {uri} (train runs into it first)")
-    check_server_reachable(uri, key)
-    client = MlflowClient(tracking_uri=uri)
-    reap_dead_runs(client, stale_after_s)
-    return client
 
 
 def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
@@ -111,7 +95,7 @@ def select_runs(
 ) -> Selection:
     """The newest `max_runs` runs of `experiment` (of sweep `sweep_id`) with one of `statuses`."""
     experiment_id = _experiment_id(client, experiment)
-    runs = [r for r in _all_runs(client, experiment_id) if r.data.tags.get(KIND_TAG) != "report"]
+    runs = [r for r in _all_runs(client, experiment_id) if KIND_TAG not in r.data.tags]  # training
     if sweep_id is not None:
         sweeps = sorted({r.data.tags[SWEEP_TAG] for r in runs if SWEEP_TAG in r.data.tags})
         runs = [r for r in runs if r.data.tags.get(SWEEP_TAG) == sweep_id]

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from cnnexp.config import ConfigError, check_settings
 from cnnexp.report.pages import Page, html_page, markdown_page, markdown_table
 from cnnexp.report.plots import accuracy_vs_params_figure, curves_figure, placed_groups
-from cnnexp.report.select import KIND_TAG, SWEEP_TAG, Selection, open_store, select_runs
+from cnnexp.report.select import SWEEP_TAG, Selection, select_runs
 from cnnexp.report.table import comparison_table, group_labels, seed_groups, seed_verdicts
 from cnnexp.schema import STATUSES
 from cnnexp.tracking import (
@@ -32,6 +32,7 @@ from cnnexp.tracking import (
     ui_command,
     ui_url,
 )
+from cnnexp.tracking.mlflow_run import KIND_TAG, open_store
 
 FIGURES = {"val_curves.png": "Validation curves", "accuracy_vs_params.png": "Accuracy vs params"}
 NOTE_LIMIT = 5000  # characters of the run description (an MLflow tag)

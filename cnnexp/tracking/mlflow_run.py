@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from cnnexp import sweeps
+from cnnexp import schema, sweeps
 from cnnexp.config import ConfigError
 from cnnexp.tracking.dashboard import (
     VIEW_TAG,
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 for _noisy in ("alembic", "mlflow.store.db.utils"):  # "Creating initial MLflow database tables"
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # UI: "Model training"
+KIND_TAG = "cnnexp.kind"  # on runs that did not train: "report", "eval"
 REPORTS_SUFFIX = "-reports"  # the report runs of experiment X live in experiment X-reports
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 PARAM_VALUE_MAX = 6000  # MLflow's limit of characters per param value
@@ -211,8 +212,8 @@ def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
     """The composed config as flattened params (less the settings of other tasks) and as the
     artifact `config.yaml`."""
     values = OmegaConf.to_container(cfg, resolve=True)
-    for other_task in ("report", "inspect_model"):
-        values.pop(other_task, None)
+    for key in schema.other_tasks_keys(cfg.task):
+        values.pop(key, None)
     log_params(client, run_id, flatten(values))
     client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
@@ -223,6 +224,19 @@ def open_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, out: Pat
     run_id = client.create_run(experiment_id, run_name=cfg.logger.run_name, tags=tags).info.run_id
     log_config(client, run_id, cfg)
     return run_id
+
+
+def open_store(uri: str, stale_after_s: float) -> MlflowClient:
+    """A client for `uri` whose runs with a dead process are marked FAILED first; a missing
+    sqlite file (opening would create it) or a server that does not answer is an error naming
+    the setting the URI came from."""
+    key = tracking_uri_key()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"{key}: no MLflow store at {uri} (train runs into it first)")
+    check_server_reachable(uri, key)
+    client = MlflowClient(tracking_uri=uri)
+    reap_dead_runs(client, stale_after_s)
+    return client
 
 
 class TrackingUnavailable(ConfigError):

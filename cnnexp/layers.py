@@ -8,6 +8,7 @@ stride S, padding P); then totals. Nothing trains and nothing goes to MLflow.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig
 from torch import nn
@@ -34,8 +35,37 @@ class LayerRow:
     rf_padding: int
 
 
+@dataclass(frozen=True)
+class LayerTable:
+    """The net layer by layer with its totals; str() is what task=inspect prints."""
+
+    title: str
+    input_shape: tuple[int, ...]
+    rows: list[LayerRow]
+    params: int
+    flops: int  # forward, one image
+    picture: Path | None = None  # architecture.png (task=inspect)
+
+    def __str__(self) -> str:
+        flops = f"{self.flops:,} ({self.flops / 1e6:.2f} M)"
+        saved = f"\narchitecture picture: {self.picture}" if self.picture else ""
+        return (
+            f"{self.title}: input {'x'.join(map(str, self.input_shape))}\n"
+            f"{format_rows(self.rows)}\n"
+            f"total: params {self.params:,}  FLOPs/image {flops}{saved}"
+        )
+
+
 def inspect(cfg: DictConfig) -> list[LayerRow]:
     """Print the configured net (or `cfg.inspect_model` from torchvision) and return its rows."""
+    table = layer_table(cfg)
+    print(table)
+    return table.rows
+
+
+def layer_table(cfg: DictConfig) -> LayerTable:
+    """The table of the configured net (or `cfg.inspect_model`); its picture saved to the job's
+    output dir."""
     name = cfg.get("inspect_model")
     if name:
         net = torchvision_net(name, TORCHVISION_SHAPE, 1000, where="inspect_model")
@@ -47,15 +77,19 @@ def inspect(cfg: DictConfig) -> list[LayerRow]:
         net = models.build(cfg.model, input_shape, len(info.class_names))
         title = f"{cfg.model.name} on {cfg.data.name}"
         picture = model_figure(cfg.model, net, input_shape)
-    rows = layer_rows(net, input_shape)
-    print(f"{title}: input {'x'.join(map(str, input_shape))}\n{format_rows(rows)}")
-    flops = flops_per_image(net, input_shape)
-    print(f"total: params {n_params(net):,}  FLOPs/image {flops:,} ({flops / 1e6:.2f} M)")
     path = job_output_dir(cfg) / "architecture.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.savefig(path, dpi=110)
-    print(f"architecture picture: {path}")
-    return rows
+    return net_table(title, net, input_shape, path)
+
+
+def net_table(
+    title: str, net: nn.Module, input_shape: tuple[int, int, int], picture: Path | None = None
+) -> LayerTable:
+    """The table of `net` (also the model summary a training run prints)."""
+    rows = layer_rows(net, input_shape)
+    flops = flops_per_image(net, input_shape)
+    return LayerTable(title, input_shape, rows, n_params(net), flops, picture)
 
 
 def layer_rows(net: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerRow]:

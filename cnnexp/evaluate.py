@@ -1,0 +1,228 @@
+"""task=eval and task=predict: apply a trained net, rebuilt from its checkpoint alone.
+
+`resume=<run id>` takes the best checkpoint the run logged (artifact `checkpoints/*.ckpt`, best
+by val_acc: the weights its test_acc was measured with; of several, which a resumed run logs,
+the newest, as ModelCheckpoint(save_top_k=1) only writes one when val_acc improved), else the
+run's latest state; `resume=<checkpoint file>` takes that file. Checkpoints load with
+weights_only=True. The net is rebuilt from the model config the checkpoint carries (see
+`inference_facts`), so neither task needs the training's `model=`.
+
+Inputs are normalised with the mean/std the net was trained with (stored in the checkpoint), not
+with statistics of the new data: the net learnt on inputs scaled that way.
+
+eval: a new MLflow run in the trained run's experiment, its child (mlflow.parentRunId; tags
+cnnexp.kind=eval, cnnexp.evaluates=<run id>, cnnexp.checkpoint), with test_loss, test_acc and
+what training's MistakesLogger logs (test_class_acc/<class>, confusion_matrix, misclassified);
+params data.* (as applied) and model.* (the checkpoint's). predict: a CSV, no MLflow run.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from cnnexp import data, models, tracking
+from cnnexp.analysis.mistakes import MistakesLogger
+from cnnexp.config import ConfigError, job_output_dir, plain
+from cnnexp.data.sources import read_image  # the image_folder source's own reading
+from cnnexp.data.splits import to_float
+from cnnexp.models.classifier import INFERENCE_KEY
+from cnnexp.resume import find_run, latest_checkpoint, read_checkpoint
+from cnnexp.tracking.logger import RunLogger
+from cnnexp.tracking.mlflow_run import KIND_TAG, open_store
+from cnnexp.validate import check_applies, validate_applying
+
+EVALUATES_TAG = "cnnexp.evaluates"  # on an eval run: the run whose net it tested
+CHECKPOINT_TAG = "cnnexp.checkpoint"  # on an eval run: the checkpoint it loaded
+PREDICT_BATCH = 256  # images per forward pass of task=predict
+
+
+@dataclass(frozen=True)
+class TrainedNet:
+    module: models.Classifier  # in eval mode, on the CPU
+    facts: dict  # inference_facts: model config, input shape, classes, mean/std, data name
+    source: str  # the checkpoint file, or `runs:/<run id>/<artifact>`
+    run: Run | None  # the run that trained it; None when predict read a file without a store
+
+
+def trained_net(cfg: DictConfig, client: MlflowClient | None) -> TrainedNet:
+    """The net `resume=` names; without a store (`client` None) resume must be a file."""
+    if client is None:
+        path = Path(str(cfg.resume)).expanduser()
+        return _rebuilt(read_checkpoint(path), str(path), None)
+    run, given = find_run(client, str(cfg.resume))
+    state, source = (read_checkpoint(given), str(given)) if given else run_checkpoint(client, run)
+    return _rebuilt(state, source, run)
+
+
+def run_checkpoint(client: MlflowClient, run: Run) -> tuple[dict, str]:
+    """(state, source) of the best checkpoint `run` logged (the newest of several), else of its
+    latest state."""
+    run_id = run.info.run_id
+    logged = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # the error stays one line
+    with tempfile.TemporaryDirectory() as tmp:
+        states = {
+            path: read_checkpoint(Path(client.download_artifacts(run_id, path, tmp)))
+            for path in logged
+            if path.endswith(".ckpt")
+        }
+    if states:
+        newest = max(states, key=lambda path: states[path].get("global_step", 0))
+        return states[newest], f"runs:/{run_id}/{newest}"
+    latest = latest_checkpoint(run)
+    if not latest.is_file():
+        raise ConfigError(
+            f"resume: run {run_id} logged no checkpoint and has no latest state {latest} "
+            "(allowed: a run that trained a net with checkpoints)"
+        )
+    return read_checkpoint(latest), str(latest)
+
+
+def _rebuilt(state: dict, source: str, run: Run | None) -> TrainedNet:
+    facts = state.get(INFERENCE_KEY)
+    if not facts:
+        raise ConfigError(
+            f"resume: checkpoint {source} does not say how to apply its net (written before "
+            "cnnexp stored that; train the run again)"
+        )
+    classes = len(facts["class_names"])
+    net = models.build(OmegaConf.create(facts["model"]), tuple(facts["input_shape"]), classes)
+    module = models.Classifier(net, classes, inference=facts)
+    module.load_state_dict(state["state_dict"])
+    return TrainedNet(module.eval(), facts, source, run)
+
+
+def evaluate(cfg: DictConfig) -> float:
+    """task=eval: test the trained net on `data=`'s test split in a new run linked to the
+    trained one (see the module's docstring); return its test_acc."""
+    info = validate_applying(cfg)
+    uri = tracking.resolve_tracking_uri(cfg)
+    client = open_store(uri, cfg.logger.stale_after_s)
+    trained = trained_net(cfg, client)
+    check_applies(cfg, trained.facts, trained.source, info)
+    norm = {"normalize": {key: trained.facts[key] for key in ("mean", "std")}}
+    data_cfg = OmegaConf.merge(cfg.data, norm)  # the training's normalisation
+    dm, out = data.build(data_cfg), job_output_dir(cfg)
+    run_id = open_eval_run(client, cfg, trained, data_cfg, out)
+    with tracking.run_status(client, run_id, cfg):
+        trainer = L.Trainer(
+            **plain(cfg.trainer),
+            logger=RunLogger(uri, run_id, resumed=False),
+            callbacks=[MistakesLogger(dm.class_names)],
+            default_root_dir=out,
+        )
+        trainer.test(trained.module, datamodule=dm, verbose=False)
+    done = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    source_run = trained.run.info
+    experiment = client.get_experiment(source_run.experiment_id).name
+    print(
+        f"\neval of run {source_run.run_id} ({source_run.run_name}, trained on "
+        f"{trained.facts['data']}) on {cfg.data.name}: test_acc {done['test_acc']:.4f}  "
+        f"test_loss {done['test_loss']:.4f}  ({len(dm.test[1])} images, {trained.source})\n"
+        + tracking.where_text(
+            OmegaConf.merge(cfg, {"logger": {"experiment_name": experiment}}),
+            uri,
+            source_run.experiment_id,
+            run_id,
+            out,
+        )
+    )
+    return done["test_acc"]
+
+
+def open_eval_run(
+    client: MlflowClient, cfg: DictConfig, trained: TrainedNet, data_cfg: DictConfig, out: Path
+) -> str:
+    """A new RUNNING run, child of the trained run, with data.* (as applied) and model.* params."""
+    source, model = trained.run.info, trained.facts["model"]
+    tags = tracking.run_tags(cfg, out) | tracking.process_tags()
+    tags |= {"model": str(model["name"]), "activation": str(model.get("activation"))}
+    tags |= {KIND_TAG: "eval", EVALUATES_TAG: source.run_id, "mlflow.parentRunId": source.run_id}
+    tags |= {CHECKPOINT_TAG: trained.source}
+    name = f"eval {source.run_name} on {cfg.data.name}"
+    run_id = client.create_run(source.experiment_id, run_name=name, tags=tags).info.run_id
+    tracking.log_params(client, run_id, tracking.flatten({"data": plain(data_cfg), "model": model}))
+    return run_id
+
+
+def predict(cfg: DictConfig) -> Path:
+    """task=predict: classify the images under predict.path with the trained net and write
+    a CSV (path, class, confidence, top<i>_class, top<i>_prob); no MLflow run. Returns its path."""
+    validate_applying(cfg)
+    files = image_files(Path(cfg.predict.path).expanduser())
+    from_file = Path(str(cfg.resume)).expanduser().is_file()  # then no store is needed
+    uri = tracking.resolve_tracking_uri(cfg)
+    trained = trained_net(cfg, None if from_file else open_store(uri, cfg.logger.stale_after_s))
+    check_applies(cfg, trained.facts, trained.source, None)
+    probs = probabilities(trained.module, images(files, trained.facts))
+    output = Path(cfg.predict.output or job_output_dir(cfg) / "predictions.csv")
+    write_predictions(output, files, probs, trained.facts["class_names"], cfg.predict.top_k)
+    print(f"\n{len(files)} image(s) classified by {trained.source}: {output}")
+    return output
+
+
+def image_files(path: Path) -> list[Path]:
+    """`path` if it is a file, else the image files under the folder (recursively), sorted."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ConfigError(
+            f"predict.path: {str(path)!r} does not exist (allowed: a folder of images or one image)"
+        )
+    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise ConfigError(
+            f"predict.path: no images under {path} (allowed: files ending in "
+            f"{', '.join(IMG_EXTENSIONS)})"
+        )
+    return files
+
+
+def images(files: list[Path], facts: dict) -> torch.Tensor:
+    """The files as the net's input: read, converted and resized as the image_folder source
+    does, on the 0..1 scale, normalised with the training's mean/std."""
+    channels, height, width = facts["input_shape"]
+    mode = "L" if channels == 1 else "RGB"
+    pixels = []
+    for file in files:
+        try:
+            pixels.append(read_image(file, mode, (width, height)))
+        except OSError as err:  # PIL's UnidentifiedImageError is one
+            raise ConfigError(f"predict.path: cannot read image {file} ({err})") from None
+    x = torch.from_numpy(np.stack(pixels)).reshape(len(files), height, width, channels)
+    x = to_float(x.permute(0, 3, 1, 2).contiguous())
+    mean, std = (torch.tensor(facts[key], dtype=torch.float32) for key in ("mean", "std"))
+    return x.sub_(mean[:, None, None]).div_(std[:, None, None])
+
+
+@torch.no_grad()
+def probabilities(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Softmax of the net's outputs, PREDICT_BATCH images per forward pass."""
+    return torch.cat([net(batch).softmax(dim=1) for batch in x.split(PREDICT_BATCH)])
+
+
+def write_predictions(
+    output: Path, files: list[Path], probs: torch.Tensor, class_names: list[str], top_k: int
+) -> None:
+    """One row per image: path, class, confidence, then top<i>_class, top<i>_prob (i = 1..k)."""
+    best, indices = probs.topk(top_k, dim=1)
+    ranks = [(f"top{i}_class", f"top{i}_prob") for i in range(1, top_k + 1)]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "class", "confidence", *[c for pair in ranks for c in pair]])
+        for file, p, k in zip(files, best.tolist(), indices.tolist(), strict=True):
+            guesses = [cell for j in range(top_k) for cell in (class_names[k[j]], f"{p[j]:.6f}")]
+            writer.writerow([str(file), class_names[k[0]], f"{p[0]:.6f}", *guesses])
