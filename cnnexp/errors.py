@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import traceback
 
 from hydra.errors import MissingConfigException, OverrideParseException, SearchPathException
+from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cnnexp.config import ConfigError, unknown_key
@@ -40,6 +42,24 @@ def one_line(err: BaseException) -> str | None:
         return f"{override}: a comma list sweeps only with -m (or write a list: key=[a,b])"
     if isinstance(err, OSError) and err.filename:  # Hydra creating the job's output folder
         return f"paths.output_dir: cannot create {err.filename} ({err.strerror})"
+    return _override_line(err)
+
+
+def _override_line(err: BaseException) -> str | None:
+    """An error OmegaConf raises unwrapped while Hydra applies an override, e.g. a key under a
+    list (`data.augment.enabled=true` where data.augment is a list): the line names the key."""
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        if frame.f_code.co_name == "_apply_overrides_to_config" and "override" in frame.f_locals:
+            key, cfg = frame.f_locals["override"].key_or_group, frame.f_locals.get("cfg")
+            parts = key.split(".")
+            for end in range(1, len(parts)):
+                prefix = ".".join(parts[:end])
+                if cfg is not None and isinstance(OmegaConf.select(cfg, prefix), ListConfig):
+                    return (
+                        f"{key}: {prefix} is a list, it has no key {parts[end]!r} "
+                        f"(allowed: the whole list, {prefix}=[...], or an item, {prefix}.0=...)"
+                    )
+            return f"{key}: cannot set this key ({first_line(str(err))})"
     return None
 
 

@@ -33,14 +33,6 @@ class PathsConf:
 
 # ---- data: one schema per data set, all sharing DataConf's keys ----
 @dataclass
-class AugmentConf:  # random affine per training image; validation and test stay untouched
-    enabled: bool = False
-    degrees: float = setting(10.0, ge=0, le=180)  # rotation within ±degrees
-    translate: float = setting(0.1, ge=0, lt=1)  # shift within ± this fraction of the side
-    scale: list[float] = setting(factory=lambda: [0.9, 1.1])  # zoom range [low, high]
-
-
-@dataclass
 class DataConf:
     name: str = MISSING
     batch_size: int = setting(64, ge=1)
@@ -49,7 +41,7 @@ class DataConf:
     test_fraction: float | None = setting(0.2, gt=0, lt=1)  # null: official test split
     train_size: Any = None  # null (all), a count >= 1, or a fraction in (0, 1]
     normalize: Any = "auto"  # auto | none | {mean: [...], std: [...]} on the 0..1 scale
-    augment: AugmentConf = field(default_factory=AugmentConf)
+    augment: list[Any] = setting(factory=list)  # {_target_: torchvision.transforms.v2 class, ...}
 
 
 @dataclass

@@ -19,7 +19,7 @@ from cnnexp.analysis.callbacks import build_callbacks
 from cnnexp.config import job_output_dir
 from cnnexp.console import model_summary, quiet_libraries
 from cnnexp.errors import resume_hint
-from cnnexp.models.facts import flops_per_image, n_params, throughput
+from cnnexp.models.facts import flops_per_image, measure_throughput, n_params
 from cnnexp.report.explorer import log_explorer
 from cnnexp.resume import LatestCheckpoint, TrainingStarted, locate, reopen
 from cnnexp.tracking.dashboard import add_run_images
@@ -110,9 +110,9 @@ def train_run(cfg: DictConfig) -> Trained:
         trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True, verbose=False)
         test_acc = float(trainer.callback_metrics.get("test_acc", float("nan")))
         batch = dm.train[0][: dm.batch_size]
-        speed = {
-            f"throughput_{k}": throughput(net, batch, k == "train") for k in ("train", "infer")
-        }
+        speed = {}
+        for k in ("train", "infer"):
+            speed |= measure_throughput(net, batch, k == "train").metrics(f"throughput_{k}")
         logger.log_metrics({"fit_seconds": fit_seconds, **speed}, step=trainer.current_epoch)
         if best and cfg.logger.log_checkpoint:
             client.log_artifact(run_id, best, "checkpoints")

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from cnnexp import data, models, sweeps
 from cnnexp.config import ConfigError, check_mapping, check_settings, plain
+from cnnexp.data import augment
 from cnnexp.errors import first_line
 from cnnexp.features.run import orb_settings
 
@@ -44,6 +46,7 @@ def validate(cfg: DictConfig) -> Checked:
         raise ConfigError("logger.experiment_name: empty (allowed: a non-empty name)")
     _check_output_dir(Path(cfg.paths.output_dir))
     info = data.check(cfg.data)
+    check_augment(cfg.data.augment, info.input_shape)
     net = None
     if cfg.model.kind == "orb_bovw":
         orb_settings(cfg.model, info.input_shape[1:])
@@ -125,6 +128,26 @@ def check_target(section: DictConfig, where: str, given_by_code: tuple[str, ...]
         arguments = {k: v for k, v in spec.items() if not k.startswith("_")}
         check_mapping(arguments, where, set(params) - set(given_by_code))
     return obj
+
+
+def check_augment(specs: ListConfig, input_shape: tuple[int, ...]) -> None:
+    """Each `data.augment` entry names a torchvision.transforms.v2 class and, built with its
+    arguments, transforms a probe image of the data set's shape; together they keep the shape.
+    The global RNG is left as it was (training draws the same numbers with or without this)."""
+    with torch.random.fork_rng(devices=[]):
+        x = torch.rand(input_shape)
+        for i, spec in enumerate(plain(specs)):
+            where = f"data.augment[{i}]"
+            if isinstance(spec, dict) and "_target_" in spec:
+                augment.transform_class(spec["_target_"], f"{where}._target_")
+            cls = check_target(spec, where)
+            x = _applied(spec, where, cls, lambda t, x=x: t(x), augment.make_transform)
+    if tuple(x.shape) != tuple(input_shape):
+        raise ConfigError(
+            f"data.augment: turns {_shape_text(input_shape)} images into {_shape_text(x.shape)} "
+            f"(allowed: transforms that keep the shape, e.g. RandomCrop of size "
+            f"{input_shape[-1]} with padding)"
+        )
 
 
 def check_optimization(cfg: DictConfig, net: nn.Module | None) -> None:

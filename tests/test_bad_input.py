@@ -32,6 +32,7 @@ BAD_INPUTS = [  # (overrides, the start of the one line)
     (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size: 0 is not allowed"),
     (["scheduler=cosine", "scheduler.T_max=0"], "scheduler.T_max: 0 is not allowed"),
     (["analysis.n_images=0"], "analysis.n_images: 0 is not allowed (allowed: an integer >= 1)"),
+    (["data.augment.enabled=true"], "data.augment.enabled: data.augment is a list, it has no"),
     (["analysis.every_n_epochs=0"], "analysis.every_n_epochs: 0 is not allowed"),
     (["analysis.every_n_epochs=-1"], "analysis.every_n_epochs: -1 is not allowed"),
     (["analysis.max_channels=-1"], "analysis.max_channels: -1 is not allowed"),

@@ -79,7 +79,7 @@ def test_help_is_fast_path_without_torch() -> None:
 
 def test_same_seed_twice_gives_identical_val_loss_history(out) -> None:
     args = ("model=tiny", "data=digits", "analysis=none", *FAST, "trainer.max_epochs=3", "seed=7")
-    args += ("data.augment.enabled=true",)
+    args += ("data.augment=[{_target_:torchvision.transforms.v2.RandomAffine,degrees:10}]",)
     for _ in range(2):
         assert run_cli(*args, out=out).returncode == 0
     client = store(out)

@@ -20,7 +20,6 @@ from torchvision import datasets
 
 from cnnexp import data
 from cnnexp.config import ConfigError
-from cnnexp.data.module import Augment, random_affine
 from cnnexp.data.splits import split_indices, stratified_subset
 from tests.conftest import CONF, compose_cfg
 
@@ -254,7 +253,7 @@ def test_train_size_shrinks_only_training_set(
         assert torch.allclose(unnormalised(full, x_full), unnormalised(small, x_small), atol=1e-5)
 
 
-# --- normalisation, loaders, augmentation, cache -------------------------------------------------
+# --- normalisation, loaders, cache -------------------------------------------------------------
 
 
 def test_declared_and_no_normalisation(tmp_path: Path) -> None:
@@ -276,71 +275,6 @@ def test_shuffling_follows_the_global_seed(tmp_path: Path) -> None:
 
     assert first_labels(0) == first_labels(0) != first_labels(1)
     assert torch.equal(next(iter(dm.val_dataloader()))[1], dm.val[1][:64])
-
-
-class Recorder(L.LightningModule):
-    """Keeps the batches Lightning hands to the steps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(64, 10)
-        self.seen: dict[str, list[torch.Tensor]] = {"train": [], "val": []}
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
-        self.seen["train"].append(batch[0])
-        return torch.nn.functional.cross_entropy(self.linear(batch[0].flatten(1)), batch[1])
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
-        self.seen["val"].append(batch[0])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.0)
-
-
-def fit_one_epoch(dm: data.TensorDataModule) -> dict[str, list[torch.Tensor]]:
-    L.seed_everything(0)
-    recorder = Recorder()
-    L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=2,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(recorder, dm)
-    return recorder.seen
-
-
-def test_augmentation_changes_training_batches_only(tmp_path: Path) -> None:
-    plain = fit_one_epoch(data.build(compose_data("digits", tmp_path)))
-    augmented = fit_one_epoch(
-        data.build(compose_data("digits", tmp_path, "data.augment.enabled=true"))
-    )
-    for a, b in zip(plain["train"], augmented["train"], strict=True):
-        assert a.shape == b.shape and not torch.allclose(a, b)
-    for a, b in zip(plain["val"], augmented["val"], strict=True):
-        assert torch.equal(a, b)
-
-
-def test_random_affine_is_identity_at_zero_ranges_and_varies_otherwise() -> None:
-    x = torch.rand(8, 3, 12, 12)
-    assert torch.allclose(random_affine(x, Augment(0, 0, (1, 1))), x, atol=1e-5)
-    torch.manual_seed(0)
-    out = random_affine(x, Augment(30, 0.2, (0.8, 1.2)))
-    assert out.shape == x.shape
-    changes = (out - x).abs().mean(dim=(1, 2, 3))
-    assert torch.all(changes > 1e-3) and len(set(changes.tolist())) == 8  # each image its own
-
-
-def test_random_affine_rotates_without_distorting() -> None:
-    grid = torch.linspace(-1, 1, 33)
-    radius = (grid[:, None] ** 2 + grid[None, :] ** 2).sqrt()
-    x = torch.exp(-(((radius - 0.5) / 0.15) ** 2)).expand(16, 1, 33, 33)  # soft centred ring
-    turned = random_affine(x, Augment(180, 0, (1, 1)))
-    assert (turned - x).abs().mean() < 0.02  # a sheared ring would be an ellipse
 
 
 def test_same_config_reuses_cached_tensors(
@@ -371,7 +305,6 @@ MISTAKES = [  # (preset, overrides, start of the message, stage that must catch 
     ("digits", ["+data.colour=red"], "data.colour: unknown key", data.check),
     ("digits", ["data.batch_size=0"], "data.batch_size: 0 is not allowed", data.check),
     ("digits", ["data.val_fraction=0.8"], "data.test_fraction: 0.2 with", data.check),
-    ("digits", ["data.augment.scale=[1.2,0.9]"], "data.augment.scale: [1.2, 0.9]", data.check),
     ("mnist", ["data.test_fraction=0.2"], "data.test_fraction: 0.2 is not allowed", data.check),
     ("shapes", ["data.classes=[circle,blob]"], "data.classes: ['circle', 'blob']", data.check),
     ("image_folder", [], "data.path: no value given", data.check),

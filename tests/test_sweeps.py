@@ -24,6 +24,8 @@ ONCE_METRICS = [
     "fit_seconds",
     "throughput_train",
     "throughput_infer",
+    "throughput_train_iqr",
+    "throughput_infer_iqr",
 ]
 BOOM = "+callbacks.boom._target_=tests.helpers.FailAtEpoch"  # raises at the end of epoch `epoch`
 

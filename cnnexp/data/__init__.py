@@ -13,8 +13,9 @@ import time
 from omegaconf import DictConfig
 
 from cnnexp.config import plain
+from cnnexp.data.augment import per_image
 from cnnexp.data.checks import check, own_arguments, typed
-from cnnexp.data.module import Augment, TensorDataModule
+from cnnexp.data.module import TensorDataModule
 from cnnexp.data.sources import DATASETS, DataInfo
 from cnnexp.data.splits import Splits, make_splits
 
@@ -29,11 +30,9 @@ def build(cfg: DictConfig) -> TensorDataModule:
     """The TensorDataModule for a composed `cfg.data`; raises ConfigError for bad config."""
     check(cfg)
     data = plain(typed(cfg))
-    aug = data["augment"]
-    augment = Augment(aug["degrees"], aug["translate"], tuple(aug["scale"]))
-    return TensorDataModule(
-        _prepared(data), data["batch_size"], augment if aug["enabled"] else None
-    )
+    splits = _prepared(data)
+    augment = per_image(data["augment"], splits.mean, splits.std)
+    return TensorDataModule(splits, data["batch_size"], augment)
 
 
 def _prepared(data: dict) -> Splits:

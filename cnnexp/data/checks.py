@@ -2,7 +2,8 @@
 
 Keys, types and ranges are the schema's (cnnexp/schema.py, enforced by `check_settings`); here:
 the data set's name, fractions that leave every split non-empty, `train_size`, `normalize`,
-augmentation ranges, and each synthetic set's own layout. Returns the data set's metadata.
+and each synthetic set's own layout. Returns the data set's metadata. (`data.augment` is
+checked in cnnexp/validate.py, which builds its transforms for real.)
 """
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ def check(cfg: DictConfig) -> DataInfo:
     info = DATASETS[data["name"]].info(data)
     _check_fractions(data, info)
     _check_normalize(data["normalize"], info.input_shape[0])
-    low, high = data["augment"]["scale"]
-    _require(0 < low <= high, "augment.scale", [low, high], "[low, high] with 0 < low <= high")
     return info
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -19,32 +17,6 @@ from torch.utils.data import (
 )
 
 from cnnexp.data.splits import Split, Splits
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Ranges of the random affine applied to each training image."""
-
-    degrees: float  # rotation in ±degrees
-    translate: float  # shift in ± this fraction of the image size
-    scale: tuple[float, float]  # zoom factor range
-
-
-def random_affine(x: torch.Tensor, aug: Augment) -> torch.Tensor:
-    """Rotate, shift and zoom every image of the batch by its own random amounts (torch RNG)."""
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.empty(len(x), device=x.device).uniform_(low, high)
-
-    angle = uniform(-aug.degrees, aug.degrees) * (math.pi / 180)
-    zoom = uniform(*aug.scale)
-    shift_x, shift_y = (2 * uniform(-aug.translate, aug.translate) for _ in range(2))  # grid: -1..1
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift_x], dim=1), torch.stack([sin, cos, shift_y], dim=1)], dim=1
-    )
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)  # edges: background
 
 
 class BatchIndexed(TensorDataset):
@@ -69,9 +41,15 @@ class EpochBatchSampler(BatchSampler):
 
 
 class TensorDataModule(L.LightningDataModule):
-    """Train/val/test tensors held in memory; optional augmentation of training batches."""
+    """Train/val/test tensors held in memory; `augment` (batch → batch, on the batch's device)
+    changes training batches only."""
 
-    def __init__(self, splits: Splits, batch_size: int, augment: Augment | None = None) -> None:
+    def __init__(
+        self,
+        splits: Splits,
+        batch_size: int,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.name = splits.name
         self.train, self.val, self.test = splits.train, splits.val, splits.test
@@ -113,4 +91,4 @@ class TensorDataModule(L.LightningDataModule):
         if self.augment is None or self.trainer is None or not self.trainer.training:
             return batch
         x, y = batch
-        return random_affine(x, self.augment), y
+        return self.augment(x), y

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import statistics
-import time
+import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,27 +33,57 @@ def flops_per_image(net: nn.Module, input_shape: tuple[int, int, int]) -> int:
     return flop_counts(net, input_shape).get("Global", 0)
 
 
-def throughput(net: nn.Module, batch: torch.Tensor, train: bool, seconds: float = 0.3) -> float:
+@dataclass(frozen=True)
+class Throughput:
+    """Images per second: the median call and the spread of the middle half of the blocks."""
+
+    median: float
+    low: float  # at the 75th percentile of the time per call
+    high: float  # at the 25th percentile
+
+    def metrics(self, name: str) -> dict[str, float]:
+        """{name: median, name_iqr: high - low}: the run metrics of one measurement."""
+        return {name: self.median, f"{name}_iqr": self.high - self.low}
+
+
+def measure_throughput(
+    net: nn.Module, batch: torch.Tensor, train: bool, min_run_time: float = 0.2
+) -> Throughput:
     """Images per second through `net` on one batch: forward + backward in train mode (`train`)
-    or forward only in eval mode, on the net's device; the median of repeated steps (at least 5,
-    for about `seconds`) after two warm-up steps. Runs on a copy: `net` stays untouched."""
+    or forward only in eval mode, on the net's device, timed in blocks for about `min_run_time`
+    seconds by torch.utils.benchmark (it synchronises the accelerator) after one warm-up step.
+    Runs on a copy: `net` stays untouched."""
     net = copy.deepcopy(net).train(train)
     x = batch.to(module_device(net))
     target = torch.zeros(len(x), dtype=torch.long, device=x.device)
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
 
-    def step() -> float:
-        start = time.perf_counter()
+    def step() -> None:
         if train:
             F.cross_entropy(net(x), target).backward()
         else:
             with torch.no_grad():
                 net(x)
-        sync()
-        return time.perf_counter() - start
 
-    step(), step()
-    times, end = [], time.perf_counter() + seconds
-    while len(times) < 5 or (time.perf_counter() < end and len(times) < 200):
-        times.append(step())
-    return len(x) / statistics.median(times)
+    step()
+    timer = benchmark_timer()("step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    measured = timer.blocked_autorange(min_run_time=min_run_time)
+    quartiles = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)  # as Measurement.median
+    p25, median, p75 = torch.tensor(measured.times, dtype=torch.float64).quantile(quartiles)
+    return Throughput(*(len(x) / float(t) for t in (median, p75, p25)))
+
+
+def benchmark_timer() -> type:
+    """torch.utils.benchmark.Timer. Its import loads torch.utils.cpp_extension, which warns on
+    stderr where CUDA_HOME exists without a CUDA runtime; we compile nothing, so it stays quiet."""
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        quiet.level = level
+    return Timer
+
+
+def throughput(net: nn.Module, batch: torch.Tensor, train: bool) -> float:
+    """The median images per second of `measure_throughput`."""
+    return measure_throughput(net, batch, train).median
