@@ -116,7 +116,7 @@ MODEL_PAIRS = [("mobilenet_small", "stacked3x3"), ("inception_no1x1", "inception
 
 def model_speed_ratios(rounds: int = 7) -> dict[str, float]:
     """images/s of A over B per round, A and B timed back to back; median, min and max."""
-    from cnnexp.models.facts import throughput
+    from cnnexp.models.facts import measure_throughput
 
     schema.register()
     results: dict[str, float] = {}
@@ -129,7 +129,8 @@ def model_speed_ratios(rounds: int = 7) -> dict[str, float]:
         batch = torch.randn(64, 1, 28, 28)
         for train in (True, False):
             ratios = sorted(
-                throughput(nets[a], batch, train) / throughput(nets[b], batch, train)
+                measure_throughput(nets[a], batch, train).median
+                / measure_throughput(nets[b], batch, train).median
                 for _ in range(rounds)
             )
             key = f"{a}_vs_{b}_{'train' if train else 'infer'}"

@@ -4,15 +4,13 @@ Lightning, lightning.fabric and torchmetrics attach their own stderr handlers, s
 (which logs to the console and to the job's log file) every Lightning INFO line showed twice.
 `quiet_libraries()` removes those handlers and lets the records reach Hydra's handlers once.
 Lightning's model summary counts FLOPs as 0 for our nets; the Trainer's `enable_model_summary`
-prints cnnexp's own per-layer summary instead (`model_summary`, the rows of `task=inspect`).
+prints cnnexp's own per-layer summary instead (cnnexp/train.py: the table of `task=inspect`).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-
-from torch import nn
 
 OWN_HANDLERS = ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics")
 NOISE = (  # (logger, message part): records a user cannot act on
@@ -48,10 +46,3 @@ def _dropping(part: str) -> logging.Filter:
             return part not in record.getMessage()
 
     return Drop()
-
-
-def model_summary(title: str, net: nn.Module, input_shape: tuple[int, int, int]) -> str:
-    """The net layer by layer (as `task=inspect` shows it) and its totals."""
-    from cnnexp.layers import net_table
-
-    return str(net_table(title, net, input_shape))

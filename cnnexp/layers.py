@@ -17,7 +17,7 @@ from cnnexp import data, models
 from cnnexp.analysis.architecture import architecture_figure, model_figure
 from cnnexp.analysis.receptive_field import receptive_fields
 from cnnexp.config import job_output_dir
-from cnnexp.models.facts import flop_counts, flops_per_image, n_params
+from cnnexp.models.facts import flop_counts, n_params
 from cnnexp.models.reference import torchvision_net
 
 TORCHVISION_SHAPE = (3, 224, 224)
@@ -87,14 +87,16 @@ def net_table(
     title: str, net: nn.Module, input_shape: tuple[int, int, int], picture: Path | None = None
 ) -> LayerTable:
     """The table of `net` (also the model summary a training run prints)."""
-    rows = layer_rows(net, input_shape)
-    flops = flops_per_image(net, input_shape)
-    return LayerTable(title, input_shape, rows, n_params(net), flops, picture)
+    flops = flop_counts(net, input_shape)  # once: per layer, and "Global" for the total
+    rows = layer_rows(net, input_shape, flops)
+    return LayerTable(title, input_shape, rows, n_params(net), flops.get("Global", 0), picture)
 
 
-def layer_rows(net: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerRow]:
-    """One row per op traced by `receptive_fields`, with its module's params and FLOPs."""
-    flops = flop_counts(net, input_shape)
+def layer_rows(
+    net: nn.Module, input_shape: tuple[int, int, int], flops: dict[str, int]
+) -> list[LayerRow]:
+    """One row per op traced by `receptive_fields`, with its module's params and FLOPs
+    (`flops`: the net's flop_counts)."""
     prefix = type(net).__name__  # FlopCounterMode names modules "<RootClass>.<qualified name>"
     modules = dict(net.named_modules())
     return [

@@ -17,8 +17,9 @@ from cnnexp import data, models, tracking
 from cnnexp.analysis.architecture import model_figure
 from cnnexp.analysis.callbacks import build_callbacks
 from cnnexp.config import job_output_dir
-from cnnexp.console import model_summary, quiet_libraries
+from cnnexp.console import quiet_libraries
 from cnnexp.errors import resume_hint
+from cnnexp.layers import net_table
 from cnnexp.models.facts import flops_per_image, measure_throughput, n_params
 from cnnexp.report.explorer import log_explorer
 from cnnexp.resume import LatestCheckpoint, TrainingStarted, locate, reopen
@@ -81,7 +82,7 @@ def train_run(cfg: DictConfig) -> Trained:
     callbacks = checkpoints(cfg, out)
     records = rank_zero_only.rank == 0 and not cfg.trainer.fast_dev_run  # DDP workers: rank 0 does
     if cfg.trainer.enable_model_summary is not False and rank_zero_only.rank == 0:
-        print(model_summary(cfg.logger.run_name, net, dm.input_shape))
+        print(net_table(cfg.logger.run_name, net, dm.input_shape))  # replaces Lightning's
     ckpt = resume.ckpt_path if resume else None
     if not records:  # Lightning's fast_dev_run is a dry run: nothing is recorded
         trainer = make_trainer(cfg, False, out, callbacks)

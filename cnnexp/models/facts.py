@@ -82,8 +82,3 @@ def benchmark_timer() -> type:
     finally:
         quiet.level = level
     return Timer
-
-
-def throughput(net: nn.Module, batch: torch.Tensor, train: bool) -> float:
-    """The median images per second of `measure_throughput`."""
-    return measure_throughput(net, batch, train).median
