@@ -37,8 +37,8 @@ format: $(STAMP)
 	$(PY) -m ruff format cnnexp tests
 	$(PY) -m ruff check --fix cnnexp tests
 
-bench: $(STAMP)          ## speed ratios against baselines, measured in one run
-	$(PY) -m cnnexp.bench
+bench: $(STAMP)          ## speed ratios against baselines, data-path memory; BENCH=data: only the data part
+	$(PY) -m cnnexp.bench $(BENCH)
 
 clean:                   ## run outputs and caches (the MLflow store too); keeps .venv
 	rm -rf outputs .pytest_cache .ruff_cache .hypothesis

@@ -11,12 +11,20 @@ hit both sides; each ratio is the median over rounds, with its min and max.
   1×1 reductions): training and inference images/s of one against the other, measured in
   interleaved rounds (A, B, A, B, …) so the machine's swings hit both; median and spread.
 - `python -m cnnexp --help`: wall time (it must not import torch).
-Writes outputs/bench.json. Timings, never assertions: compare ratios, not seconds.
+- data paths (`data_paths`): peak memory (the run process's max RSS) of a short CLI run per
+  data-path mode, over the same run on `digits`: CIFAR-10 in memory (files written in the real
+  format), a folder of FOLDER_IMAGES PNGs of FOLDER_SIZE² streamed from its cache (twice: the
+  second run must decode nothing) and held in memory; then images/s of one pass over the
+  folder's training batches, streamed against in memory, in interleaved rounds.
+Writes outputs/bench.json (`python -m cnnexp.bench data` runs only the data part and updates it).
+Timings, never assertions: compare ratios, not seconds.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -24,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
@@ -31,6 +40,7 @@ from mlflow.tracking import MlflowClient
 
 from cnnexp import data, models, schema
 from cnnexp.config import config_dir, repo_root
+from cnnexp.data.ondisk import write_cifar10, write_png_folder
 
 EPOCHS = 3  # runner vs plain
 ROUNDS = 5
@@ -49,11 +59,12 @@ def plain_loop_seconds(overrides: list[str]) -> float:
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.optimizer.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS)
     (x, y), (xv, yv), bs = dm.train, dm.val, cfg.data.batch_size
+    xv = xv[:]
     start = time.perf_counter()
     for _ in range(EPOCHS):
         net.train()
-        for idx in torch.randperm(len(y)).split(bs):
-            loss = F.cross_entropy(net(x[idx]), y[idx])
+        for idx in torch.randperm(len(y)).split(bs):  # uint8 rows, normalised per batch
+            loss = F.cross_entropy(net(dm.inputs(x[idx.numpy()])), y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -61,7 +72,7 @@ def plain_loop_seconds(overrides: list[str]) -> float:
         net.eval()
         with torch.no_grad():
             correct = sum(
-                (net(xb).argmax(1) == yb).sum()
+                (net(dm.inputs(xb)).argmax(1) == yb).sum()
                 for xb, yb in zip(xv.split(bs), yv.split(bs), strict=True)
             )
     del correct
@@ -153,18 +164,114 @@ def help_seconds(repeats: int = 3) -> float:
     return min(times)
 
 
+DATA_RUN = [  # a short run: the data path's memory, not training's, is measured
+    "model=tiny",
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=20",
+    "trainer.limit_val_batches=5",
+    "trainer.limit_test_batches=5",
+    "analysis=none",
+]
+FOLDER_IMAGES, FOLDER_SIZE = 12000, 128
+
+
+def peak_rss_mb(overrides: list[str], out: Path) -> tuple[float, str]:
+    """(peak resident memory in MB of one CLI run's process, its console text)."""
+    out.mkdir(parents=True, exist_ok=True)
+    console = out / "console.txt"
+    cmd = [sys.executable, "-m", "cnnexp", f"paths.output_dir={out}", *DATA_RUN, *overrides]
+    with console.open("w") as stream:
+        child = subprocess.Popen(cmd, cwd=repo_root(), stdout=stream, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{console.read_text()[-3000:]}")
+    return usage.ru_maxrss / 1024, console.read_text()  # Linux: KiB
+
+
+def loader_images_per_s(dm: data.TensorDataModule, loader) -> float:
+    """Images/s of one pass over `loader`'s batches, each made the net's input (CPU)."""
+    start, n = time.perf_counter(), 0
+    for x, _ in loader:
+        n += len(dm.inputs(x))
+    return n / (time.perf_counter() - start)
+
+
+def data_paths(tmp: Path) -> dict[str, float]:
+    """Peak memory per data-path mode over digits, and streamed vs in-memory images/s."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (60000, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, 60000).tolist()
+    names = [f"class {i}" for i in range(10)]
+    write_cifar10(
+        tmp / "cifar", (pixels[:50000], labels[:50000]), (pixels[50000:], labels[50000:]), names
+    )
+    del pixels
+    folder = write_png_folder(tmp / "pngs", FOLDER_IMAGES, FOLDER_SIZE, classes=10)
+    cifar = [
+        "data=cifar10",
+        f"data.root={tmp / 'cifar'}",
+        "data.download=false",
+        "data.verify=false",
+    ]
+    streamed = ["data=image_folder", f"data.path={folder}", f"data.image_size={FOLDER_SIZE}"]
+    streamed += [f"data.cache_dir={tmp / 'cache'}", "data.num_workers=0"]  # all in one process
+    results, base = {}, peak_rss_mb(["data=digits"], tmp / "digits")[0]
+    results["peak_mb_digits"] = base
+    results["peak_mb_cifar10_in_memory_over_digits"] = peak_rss_mb(cifar, tmp / "c")[0] - base
+    first, text = peak_rss_mb([*streamed, "data.in_memory=false"], tmp / "s1")
+    decoded = re.search(r"decoded (\d+) images into cache .* in ([\d.]+) s", text)
+    results["folder_decode_s"] = float(decoded.group(2))
+    second, text = peak_rss_mb([*streamed, "data.in_memory=false"], tmp / "s2")
+    results["folder_second_run_decoded_nothing"] = float("nothing decoded" in text)
+    results["peak_mb_folder_streamed_over_digits"] = max(first, second) - base
+    held = peak_rss_mb([*streamed, "data.in_memory=true"], tmp / "m")[0]
+    results["peak_mb_folder_in_memory_over_digits"] = held - base
+    results |= streamed_vs_in_memory(streamed)
+    return results
+
+
+def streamed_vs_in_memory(folder: list[str]) -> dict[str, float]:
+    """Images/s of the folder's training batches streamed (data.num_workers=2) and in memory,
+    one pass each per round, ROUNDS interleaved rounds."""
+    schema.register()
+    modules = {}
+    for mode, extra in (("in_memory", "true"), ("streamed", "false")):
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            overrides = [*folder, f"data.in_memory={extra}", "data.num_workers=2"]
+            cfg = compose("config", overrides=overrides)
+        dm = data.build(cfg.data)
+        modules[mode] = (dm, dm.train_dataloader())  # workers persist across passes
+    speeds: dict[str, list[float]] = {mode: [] for mode in modules}
+    for _ in range(ROUNDS):
+        for mode, (dm, loader) in modules.items():
+            speeds[mode].append(loader_images_per_s(dm, loader))
+    ratios = [s / m for s, m in zip(speeds["streamed"], speeds["in_memory"], strict=True)]
+    return {
+        "images_per_s_in_memory": statistics.median(speeds["in_memory"]),
+        "images_per_s_streamed": statistics.median(speeds["streamed"]),
+        **summary("streamed_vs_in_memory", ratios),
+    }
+
+
 def main() -> None:
+    out = repo_root() / "outputs" / "bench.json"
+    only_data = sys.argv[1:] == ["data"]
+    results = json.loads(out.read_text()) if only_data and out.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
-        results = interleaved(Path(tmp))
-    results |= model_speed_ratios()
-    results["help_s"] = help_seconds()
+        if not only_data:
+            results |= interleaved(Path(tmp) / "runs")
+        results |= data_paths(Path(tmp))
+    if not only_data:
+        results |= model_speed_ratios()
+        results["help_s"] = help_seconds()
     for key, value in results.items():
         print(f"{key:>42}: {value:.3f}")
     print(
-        "target: runner_vs_plain <= 1.10, analysis_vs_none <= 1.10, help_s <= 1.0",
-        f"({torch.get_num_threads()} threads)",
+        "target: runner_vs_plain <= 1.10, analysis_vs_none <= 1.10, help_s <= 1.0, "
+        "peak_mb_cifar10_in_memory_over_digits <= 350, peak_mb_folder_streamed_over_digits "
+        f"<= 300 ({torch.get_num_threads()} threads)"
     )
-    out = repo_root() / "outputs" / "bench.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
 

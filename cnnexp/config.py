@@ -91,7 +91,7 @@ def allowed_text(field: dataclasses.Field) -> str:
     """What a field accepts, in words: 'an integer >= 1', 'one of: relu, tanh', 'true or false'."""
     meta, kind = field.metadata, _base_type(field.type)
     if "choices" in meta:
-        return ", ".join(map(str, meta["choices"]))
+        return ", ".join(_yaml_text(c) for c in meta["choices"])
     noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
     bounds = " and ".join(f"{sign} {meta[k]}" for k, (sign, _) in _BOUNDS.items() if k in meta)
     text = f"{noun.get(kind, 'a value')} {bounds}".strip()
@@ -186,7 +186,7 @@ def _within(value: Any, meta: Mapping[str, Any]) -> bool:
         return True  # the type (Optional or not) was checked by OmegaConf already
     if "choices" in meta:
         values = value if isinstance(value, ListConfig | list) else [value]
-        return all(v in meta["choices"] for v in values)
+        return all(_chosen(v, meta["choices"]) for v in values)
     bounds = [(check, meta[k]) for k, (_, check) in _BOUNDS.items() if k in meta]
     if bounds and (isinstance(value, bool) or not isinstance(value, int | float)):
         return False
@@ -215,6 +215,15 @@ def _base_type(tp: Any) -> Any:
         rest = [a for a in get_args(tp) if a is not type(None)]
         return rest[0] if len(rest) == 1 else Any
     return tp
+
+
+def _chosen(value: Any, choices: Sequence[Any]) -> bool:
+    """`value` is one of `choices`; true and false are not 1 and 0."""
+    return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices)
+
+
+def _yaml_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _show(value: Any) -> str:

@@ -15,6 +15,7 @@ import warnings
 OWN_HANDLERS = ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics")
 NOISE = (  # (logger, message part): records a user cannot act on
     ("lightning.pytorch.utilities.rank_zero", "litlogger"),  # an advert
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),  # model.compile on a CPU machine
 )
 WARNINGS = (  # message patterns of warnings that say nothing true about a cnnexp run
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning's pytree helper

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -35,8 +34,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from cnnexp import data, models, tracking
 from cnnexp.analysis.mistakes import MistakesLogger
 from cnnexp.config import ConfigError, job_output_dir, plain
-from cnnexp.data.sources import read_image  # the image_folder source's own reading
-from cnnexp.data.splits import to_float
+from cnnexp.data.folder import read_image  # the image_folder source's own reading
+from cnnexp.data.images import normalise
 from cnnexp.models.classifier import INFERENCE_KEY
 from cnnexp.resume import find_run, latest_checkpoint, read_checkpoint
 from cnnexp.tracking.logger import RunLogger
@@ -97,9 +96,10 @@ def _rebuilt(state: dict, source: str, run: Run | None) -> TrainedNet:
             f"resume: checkpoint {source} does not say how to apply its net (written before "
             "cnnexp stored that; train the run again)"
         )
-    classes = len(facts["class_names"])
-    net = models.build(OmegaConf.create(facts["model"]), tuple(facts["input_shape"]), classes)
-    module = models.Classifier(net, classes, inference=facts)
+    classes, model = len(facts["class_names"]), facts["model"]
+    net = models.build(OmegaConf.create(model), tuple(facts["input_shape"]), classes)
+    channels_last = model.get("channels_last", False)  # absent: a checkpoint from before the key
+    module = models.Classifier(net, classes, inference=facts, channels_last=channels_last)
     module.load_state_dict(state["state_dict"])
     return TrainedNet(module.eval(), facts, source, run)
 
@@ -194,17 +194,15 @@ def images(files: list[Path], facts: dict) -> torch.Tensor:
     """The files as the net's input: read, converted and resized as the image_folder source
     does, on the 0..1 scale, normalised with the training's mean/std."""
     channels, height, width = facts["input_shape"]
-    mode = "L" if channels == 1 else "RGB"
     pixels = []
     for file in files:
         try:
-            pixels.append(read_image(file, mode, (width, height)))
+            pixels.append(read_image(file, channels, (height, width)))
         except OSError as err:  # PIL's UnidentifiedImageError is one
             raise ConfigError(f"predict.path: cannot read image {file} ({err})") from None
-    x = torch.from_numpy(np.stack(pixels)).reshape(len(files), height, width, channels)
-    x = to_float(x.permute(0, 3, 1, 2).contiguous())
-    mean, std = (torch.tensor(facts[key], dtype=torch.float32) for key in ("mean", "std"))
-    return x.sub_(mean[:, None, None]).div_(std[:, None, None])
+        except RuntimeError:  # torchvision's decoders
+            raise ConfigError(f"predict.path: cannot read image {file} (not decodable)") from None
+    return normalise(torch.stack(pixels), facts["mean"], facts["std"])
 
 
 @torch.no_grad()

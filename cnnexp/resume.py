@@ -10,6 +10,7 @@ they stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -28,11 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnexp.config import ConfigError
 from cnnexp.models.classifier import RUN_ID_KEY
+from cnnexp.schema import NetSpeedConf
 from cnnexp.tracking import flatten, process_tags
 from cnnexp.tracking.mlflow_run import PARAM_VALUE_MAX
 
 log = logging.getLogger(__name__)
 MUST_MATCH = ("model.", "data.", "optimizer._target_")  # what a resumed run may not change
+MAY_CHANGE = tuple(f"model.{f.name}" for f in dataclasses.fields(NetSpeedConf))  # how it runs
 LATEST = "latest.ckpt"
 
 
@@ -176,7 +179,8 @@ def _check_same_config(run: Run, cfg: DictConfig) -> None:
     logged = run.data.params
     for key, now in flatten(cfg).items():
         before = logged.get(key)
-        if key.startswith(MUST_MATCH) and before is not None and before != now[:PARAM_VALUE_MAX]:
+        fixed = key.startswith(MUST_MATCH) and key not in MAY_CHANGE
+        if fixed and before is not None and before != now[:PARAM_VALUE_MAX]:
             raise ConfigError(
                 f"resume: run {run.info.run_id} was trained with {key}={before}, not {now} "
                 "(resume with the same model, data and optimizer; trainer.max_epochs may grow)"

@@ -42,6 +42,11 @@ class DataConf:
     train_size: Any = None  # null (all), a count >= 1, or a fraction in (0, 1]
     normalize: Any = "auto"  # auto | none | {mean: [...], std: [...]} on the 0..1 scale
     augment: list[Any] = setting(factory=list)  # {_target_: torchvision.transforms.v2 class, ...}
+    # where the uint8 images live: true in memory, false on disk (read per batch; data sets read
+    # image by image only: image_folder), auto in memory when they take <= 1/4 of free memory
+    in_memory: Any = setting("auto", choices=["auto", True, False])
+    num_workers: int = setting(2, ge=0)  # processes decoding a folder and reading batches from disk
+    device: str = setting("auto", choices=["auto", "cpu", "gpu"])  # auto: on the GPU if it fits
 
 
 @dataclass
@@ -105,6 +110,7 @@ class ImageFolderConf(DataConf):  # <path>/<class>/*.png|jpg…, resized
     path: str = MISSING
     image_size: int = setting(32, ge=4)
     channels: int = setting(3, choices=[1, 3])
+    cache_dir: str = "${paths.data_dir}/cache"  # decoded once, reused while the files are unchanged
 
 
 DATA_SCHEMAS: dict[str, type[DataConf]] = {
@@ -124,7 +130,13 @@ DATA_SCHEMAS: dict[str, type[DataConf]] = {
 
 # ---- models: one schema per kind ----
 @dataclass
-class CnnModelConf:  # a block graph (cnnexp/models/blocks.py) trained by Lightning
+class NetSpeedConf:  # how a net trained by Lightning runs, not what it computes
+    channels_last: bool = False  # weights and batches in NHWC memory (faster convs on GPUs)
+    compile: bool = False  # a run's training, validation, test through torch.compile (eval: eager)
+
+
+@dataclass
+class CnnModelConf(NetSpeedConf):  # a block graph (cnnexp/models/blocks.py) trained by Lightning
     kind: str = setting("cnn", choices=["cnn"])
     name: str = MISSING
     activation: str = "relu"  # a name of cnnexp.models.ACTIVATIONS
@@ -142,7 +154,7 @@ class CnnModelConf:  # a block graph (cnnexp/models/blocks.py) trained by Lightn
 
 
 @dataclass
-class TorchvisionModelConf:  # a torchvision classifier, random init, adapted to the data
+class TorchvisionModelConf(NetSpeedConf):  # a torchvision classifier, random init, sized to data
     kind: str = setting("torchvision", choices=["torchvision"])
     arch: str = "resnet18"  # a name of torchvision.models.list_models(module=torchvision.models)
     name: str = "${.arch}"

@@ -76,7 +76,13 @@ def train_run(cfg: DictConfig) -> Trained:
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
     inference = models.classifier.inference_facts(cfg.model, dm)  # eval/predict need it
     module = models.Classifier(
-        net, dm.num_classes, instantiate(cfg.optimizer), scheduler, inference
+        net,
+        dm.num_classes,
+        instantiate(cfg.optimizer),
+        scheduler,
+        inference,
+        channels_last=cfg.model.channels_last,  # converts `net` in place
+        compile=cfg.model.compile,
     )
     out = job_output_dir(cfg)
     callbacks = checkpoints(cfg, out)
@@ -110,7 +116,9 @@ def train_run(cfg: DictConfig) -> Trained:
         best = best_checkpoint(trainer)
         trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True, verbose=False)
         test_acc = float(trainer.callback_metrics.get("test_acc", float("nan")))
-        batch = dm.train[0][: dm.batch_size]
+        batch = dm.inputs(dm.train[0][: dm.batch_size]).contiguous(
+            memory_format=module.memory_format
+        )
         speed = {}
         for k in ("train", "infer"):
             speed |= measure_throughput(net, batch, k == "train").metrics(f"throughput_{k}")

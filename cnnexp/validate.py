@@ -135,7 +135,7 @@ def check_augment(specs: ListConfig, input_shape: tuple[int, ...]) -> None:
     arguments, transforms a probe image of the data set's shape; together they keep the shape.
     The global RNG is left as it was (training draws the same numbers with or without this)."""
     with torch.random.fork_rng(devices=[]):
-        x = torch.rand(input_shape)
+        x = torch.randint(0, 256, input_shape, dtype=torch.uint8)  # as batches hold them
         for i, spec in enumerate(plain(specs)):
             where = f"data.augment[{i}]"
             if isinstance(spec, dict) and "_target_" in spec:

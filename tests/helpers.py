@@ -1,11 +1,13 @@
 """Callbacks that tests plug into real runs through the CLI (`+callbacks.x._target_=...`)."""
 
+import json
 import os
 import signal
 import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -64,3 +66,47 @@ def default_sigint() -> None:
     SIGINT ignored, and an ignored signal stays ignored across exec: Python would then never
     raise KeyboardInterrupt in the child and the test would wait forever."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def is_nhwc(t: torch.Tensor) -> bool:
+    """Whether `t` is laid out channels_last (NHWC) in memory."""
+    return t.is_contiguous(memory_format=torch.channels_last)
+
+
+class MemoryFormatProbe(L.Callback):
+    """Records, at every training, validation and test step, whether the net's 4-D weights and
+    the batch its first conv receives are in channels_last memory: JSON lines `{"stage",
+    "weights", "input"}` in the file `path`, written when the trainer is done. Only the steps'
+    own forward passes count (analysis callbacks call the net outside them, on NCHW images)."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.rows, self.stage, self.net = Path(path), [], None, None
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if self.net is None:  # fit, then test: one hook
+            self.net = module.net
+            first = next(m for m in self.net.modules() if isinstance(m, torch.nn.Conv2d))
+            first.register_forward_pre_hook(self.record)
+
+    def record(self, _conv: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if self.stage is not None:
+            weights = [p for p in self.net.parameters() if p.dim() == 4]
+            row = {"weights": all(map(is_nhwc, weights)), "input": is_nhwc(inputs[0])}
+            self.rows.append({"stage": self.stage, **row})
+
+    def on_train_batch_start(self, *_) -> None:
+        self.stage = "train"
+
+    def on_validation_batch_start(self, *_) -> None:
+        self.stage = "validation"
+
+    def on_test_batch_start(self, *_) -> None:
+        self.stage = "test"
+
+    def on_train_batch_end(self, *_) -> None:
+        self.stage = None
+
+    on_validation_batch_end = on_test_batch_end = on_train_batch_end
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in self.rows))

@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 from cnnexp import data
 from cnnexp.data.augment import PerImage
 from tests.conftest import FAST, all_runs, run_cli
-from tests.test_data import compose_data, unnormalised, write_cifar
+from tests.test_data import compose_data, write_cifar
 
 V2 = "torchvision.transforms.v2"
 CROP = f"{{_target_:{V2}.RandomCrop,size:8,padding:2}}"  # digits are 8×8
@@ -46,12 +46,15 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def batches_seen(dm: data.TensorDataModule, seed: int = 0) -> dict[str, list[torch.Tensor]]:
+def batches_seen(
+    dm: data.TensorDataModule, seed: int = 0, accelerator: str = "cpu"
+) -> dict[str, list[torch.Tensor]]:
     """The batches of one epoch of fit (2 training, 2 validation) and then test (2)."""
     L.seed_everything(seed)
     recorder = Recorder()
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
+        devices=1,
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=2,
@@ -97,28 +100,26 @@ def test_each_image_draws_its_own_parameters_from_the_seed(tmp_path: Path) -> No
     assert torch.equal(augmented(0), augmented(0)) and not torch.equal(augmented(0), augmented(1))
 
 
-def test_colour_transforms_work_on_the_0_to_1_scale(tmp_path: Path) -> None:
-    plain = data.build(compose_data("digits", tmp_path))
-    x = plain.train[0][:16]
+def test_augmentation_works_on_the_uint8_pixels(tmp_path: Path) -> None:
+    x = data.build(compose_data("digits", tmp_path)).train[0][:16]
     unchanged = data.build(compose_data("digits", tmp_path, brightness(1, 1)))
-    assert torch.allclose(unchanged.augment(x), x, atol=1e-5)  # un-normalise, clamp, normalise
+    assert torch.equal(unchanged.augment(x), x)
     black = data.build(compose_data("digits", tmp_path, brightness(0, 0)))
-    assert torch.allclose(unnormalised(black, black.augment(x)), torch.zeros_like(x), atol=1e-5)
+    assert torch.equal(black.augment(x), torch.zeros_like(x))
 
 
-def test_randaugment_gets_images_on_the_0_to_1_scale() -> None:
+def test_randaugment_gets_each_uint8_image_before_normalisation() -> None:
     seen: list[torch.Tensor] = []
 
     def recorded(image: torch.Tensor) -> torch.Tensor:
         seen.append(image)
         return v2.RandAugment()(image)
 
-    augment = PerImage(recorded, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
     L.seed_everything(0)
-    x = torch.randn(4, 3, 16, 16)
-    out = augment(x)
-    assert out.shape == x.shape and len(seen) == 4
-    assert all(image.min() >= 0 and image.max() <= 1 for image in seen)
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    out = PerImage(recorded)(x)
+    assert out.shape == x.shape and out.dtype == torch.uint8 and len(seen) == 4
+    assert all(image.dtype == torch.uint8 and image.shape == (3, 16, 16) for image in seen)
 
 
 BAD = [  # (override, start of the one line)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import logging
-import pickle
 import struct
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from torchvision import datasets
 
 from cnnexp import data
 from cnnexp.config import ConfigError
+from cnnexp.data.ondisk import write_cifar10
 from cnnexp.data.splits import split_indices, stratified_subset
 from tests.conftest import CONF, compose_cfg
 
@@ -66,40 +65,13 @@ def write_mnist(root: Path, folder: str, n_train: int = 200, n_test: int = 50) -
 CIFAR_NAMES = [f"kind {i}" for i in range(10)]  # read back from batches.meta
 
 
-class Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 `str`, as in the real CIFAR-10 batches (made with Python 2)."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj: bytes) -> None:
-        size = len(obj)
-        short = size < 256
-        head = bytes([size]) if short else struct.pack("<i", size)
-        self.write((pickle.SHORT_BINSTRING if short else pickle.BINSTRING) + head + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-def write_pickle(path: Path, obj: dict) -> None:
-    buffer = io.BytesIO()
-    Py2Pickler(buffer, protocol=2).dump(obj)
-    path.write_bytes(buffer.getvalue())
-
-
 def write_cifar(root: Path, per_batch: int = 30) -> None:
-    """cifar-10-batches-py: data_batch_1..5 and test_batch; image i: channel i % 3 bright."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
+    """CIFAR-10's files with per_batch images each; image i: channel i % 3 bright."""
     labels = [i % 10 for i in range(per_batch)]
     pixels = np.zeros((per_batch, 3, 1024), np.uint8)
     pixels[np.arange(per_batch), np.arange(per_batch) % 3] = 255
-    batch = {b"labels": labels, b"data": pixels.reshape(per_batch, 3072)}
-    for i in range(1, 6):
-        write_pickle(folder / f"data_batch_{i}", {b"batch_label": b"training batch", **batch})
-    write_pickle(folder / "test_batch", {b"batch_label": b"testing batch", **batch})
-    names = [n.encode() for n in CIFAR_NAMES]
-    write_pickle(folder / "batches.meta", {b"label_names": names, b"num_vis": 3072})
+    train = (np.tile(pixels, (5, 1, 1)).reshape(-1, 3, 32, 32), labels * 5)
+    write_cifar10(root, train, (pixels.reshape(-1, 3, 32, 32), labels), CIFAR_NAMES)
 
 
 def write_image_folder(path: Path, per_class: int = 10) -> Path:
@@ -130,8 +102,9 @@ def source_files(name: str, tmp_path: Path) -> list[str]:
     return []
 
 
-def unnormalised(dm: data.TensorDataModule, x: torch.Tensor) -> torch.Tensor:
-    return x * torch.tensor(dm.std)[:, None, None] + torch.tensor(dm.mean)[:, None, None]
+def scaled(x: data.Images) -> torch.Tensor:
+    """The uint8 images on the 0..1 scale."""
+    return x[:].float() / 255
 
 
 # --- every preset --------------------------------------------------------------------------------
@@ -143,18 +116,21 @@ def test_every_preset_builds_a_datamodule(name: str, tmp_path: Path) -> None:
     assert dm.name == name and dm.input_shape == SHAPES[name]
     assert dm.num_classes == len(dm.class_names) == len(set(dm.class_names))
     for x, y in (dm.train, dm.val, dm.test):
-        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x[:].dtype == torch.uint8 and y.dtype == torch.int64  # 1 byte per pixel held
         assert x.shape == (len(y), *dm.input_shape) and len(y) > 0
         assert set(y.tolist()) == set(range(dm.num_classes))  # stratified: all in every split
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (min(64, len(dm.train[1])), *dm.input_shape) and y.shape == x.shape[:1]
+    assert (
+        x.dtype == torch.uint8 and dm.on_after_batch_transfer((x, y), 0)[0].dtype == torch.float32
+    )
 
 
 def test_mnist5k_default_split_sizes_and_normalisation(tmp_path: Path) -> None:
     dm = data.build(compose_data("mnist5k", tmp_path))
     assert [len(s[1]) for s in (dm.train, dm.val, dm.test)] == [3500, 500, 1000]
     assert torch.bincount(dm.val[1]).tolist() == [50] * 10
-    x = dm.train[0]
+    x = dm.inputs(dm.train[0][:])  # normalised per batch, with the training split's statistics
     assert abs(x.mean()) < 1e-4 and abs(x.std() - 1) < 1e-3
     assert 0.1 < dm.mean[0] < 0.15 and 0.28 < dm.std[0] < 0.33  # MNIST's well-known stats
 
@@ -173,7 +149,7 @@ def test_mnist_idx_files_give_official_test_split(name: str, cls: type, tmp_path
     images, labels = arrays["t10k"]
     assert dm.test[1].tolist() == labels.tolist()
     expected = torch.from_numpy(images).float().unsqueeze(1) / 255
-    assert torch.allclose(unnormalised(dm, dm.test[0]), expected, atol=1e-5)
+    assert torch.allclose(scaled(dm.test[0]), expected, atol=1e-5)
 
 
 def test_cifar10_pickled_batches_keep_channel_order(tmp_path: Path) -> None:
@@ -181,7 +157,7 @@ def test_cifar10_pickled_batches_keep_channel_order(tmp_path: Path) -> None:
     dm = data.build(compose_data("cifar10", tmp_path, "data.download=false", "data.verify=false"))
     assert dm.class_names == CIFAR_NAMES
     assert len(dm.train[1]) + len(dm.val[1]) == 150 and len(dm.test[1]) == 30
-    bright = unnormalised(dm, dm.test[0]).mean(dim=(2, 3)).argmax(dim=1)
+    bright = scaled(dm.test[0]).mean(dim=(2, 3)).argmax(dim=1)
     assert bright.tolist() == [i % 3 for i in range(30)]
 
 
@@ -206,7 +182,7 @@ def test_image_folder_resizes_and_labels_by_folder(channels: int, tmp_path: Path
     dm = data.build(cfg)
     assert dm.class_names == ["black", "noise", "white"] and dm.input_shape == (channels, 16, 16)
     assert [len(s[1]) for s in (dm.train, dm.val, dm.test)] == [18, 6, 6]
-    x, y = dm.train
+    x, y = scaled(dm.train[0]), dm.train[1]
     assert torch.all(x[y == 0] == 0) and torch.all(x[y == 2] == 1)
 
 
@@ -227,7 +203,7 @@ def test_split_indices_are_stratified_disjoint_and_seeded() -> None:
 def test_split_seed_changes_validation_images(tmp_path: Path) -> None:
     one = data.build(compose_data("digits", tmp_path, "data.split_seed=1"))
     two = data.build(compose_data("digits", tmp_path, "data.split_seed=2"))
-    assert one.val[0].shape == two.val[0].shape and not torch.equal(one.val[0], two.val[0])
+    assert one.val[0].shape == two.val[0].shape and not torch.equal(one.val[0][:], two.val[0][:])
 
 
 def test_stratified_subsets_keep_balance_and_nest() -> None:
@@ -250,7 +226,7 @@ def test_train_size_shrinks_only_training_set(
     for part in ("val", "test"):
         (x_full, y_full), (x_small, y_small) = getattr(full, part), getattr(small, part)
         assert torch.equal(y_full, y_small)
-        assert torch.allclose(unnormalised(full, x_full), unnormalised(small, x_small), atol=1e-5)
+        assert torch.equal(x_full[:], x_small[:])
 
 
 # --- normalisation, loaders, cache -------------------------------------------------------------
@@ -261,9 +237,11 @@ def test_declared_and_no_normalisation(tmp_path: Path) -> None:
         compose_data("digits", tmp_path, "data.normalize={mean: [0.5], std: [0.25]}")
     )
     assert declared.mean == (0.5,) and declared.std == (0.25,)
-    assert declared.train[0].min() == -2 and declared.train[0].max() == 2  # (0..1 - 0.5) / 0.25
+    x = declared.inputs(declared.train[0][:])
+    assert x.min() == -2 and x.max() == pytest.approx(2, abs=1e-6)  # (0..1 - 0.5) / 0.25
     raw = data.build(compose_data("digits", tmp_path, "data.normalize=none"))
-    assert raw.train[0].min() == 0 and raw.train[0].max() == 1 and raw.mean == (0.0,)
+    x = raw.inputs(raw.train[0][:])
+    assert x.min() == 0 and x.max() == pytest.approx(1, abs=1e-6) and raw.mean == (0.0,)
 
 
 def test_shuffling_follows_the_global_seed(tmp_path: Path) -> None:
@@ -287,7 +265,8 @@ def test_same_config_reuses_cached_tensors(
             compose_data("digits", tmp_path, "data.split_seed=1234", "data.batch_size=8")
         )
     messages = [r.getMessage() for r in caplog.records if r.name == "cnnexp.data"]
-    assert messages[0].startswith("data digits: loaded 1258/180/359") and messages[0].endswith(" s")
+    assert messages[0].startswith("data digits: 1258/180/359 train/val/test uint8 images of 1×8×8")
+    assert "in memory; ready in" in messages[0] and messages[0].endswith(" s")
     assert messages[1] == "data digits: reused from cache"
     assert second is not first and second.train[0] is first.train[0] and second.batch_size == 8
 

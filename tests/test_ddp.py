@@ -34,7 +34,7 @@ def test_two_process_ddp_gives_one_run_with_synced_metrics(out) -> None:
     net.load_state_dict(
         {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     )
-    x, y = dm.val
+    x, y = dm.inputs(dm.val[0][:]), dm.val[1]
     with torch.no_grad():
         whole = (net.eval()(x).argmax(1) == y).float().mean().item()
     # one rank alone would see half the images; DistributedSampler pads by at most one image

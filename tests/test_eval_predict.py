@@ -78,7 +78,8 @@ def forward_on_test_split(ckpt: Path) -> tuple[torch.Tensor, torch.Tensor]:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
     with torch.no_grad():
-        return net.eval()(dm.test[0][:N_IMAGES]).softmax(dim=1), dm.test[1][:N_IMAGES]
+        x = dm.inputs(dm.test[0][:N_IMAGES])
+        return net.eval()(x).softmax(dim=1), dm.test[1][:N_IMAGES]
 
 
 def read_rows(csv_file: Path) -> list[dict[str, str]]:

@@ -24,7 +24,7 @@ def test_preset_forward_backward(preset: str, data_name: str, tmp_path) -> None:
     cfg = compose_cfg(f"model={preset}", f"data={data_name}", f"paths.output_dir={tmp_path}")
     dm = data.build(cfg.data)
     net = models.build(cfg.model, dm.input_shape, dm.num_classes)
-    x, y = dm.train[0][:16], dm.train[1][:16]
+    x, y = dm.inputs(dm.train[0][:16]), dm.train[1][:16]
     plan = models.plan(cfg.model, dm.input_shape)
     predicted = {node.name: node.out_shape for node in plan.walk()}
     seen, logits = block_shapes(net, predicted, x)

@@ -39,13 +39,14 @@ def build_callbacks(
     if not cfg.enabled:
         return [FitDiagnosis(chance)]
     input_shape, every = datamodule.input_shape, cfg.every_n_epochs
-    images = datamodule.val[0][: cfg.n_images]
+    val = datamodule.val[0]
+    images = datamodule.inputs(val[: cfg.n_images])
     return [
         ReceptiveFieldLogger(input_shape, resumed),
         ERFLogger(every, input_shape, cfg.erf_samples, resumed),
         FeatureMapLogger(every, images, cfg.max_channels, cfg.normalize, cfg.tile_px, resumed),
         KernelLogger(every, cfg.tile_px, resumed),
-        HealthLogger(datamodule.val[0][: cfg.health_images]),
+        HealthLogger(datamodule.inputs(val[: cfg.health_images])),
         GradCamLogger(
             every,
             input_shape,
@@ -54,7 +55,7 @@ def build_callbacks(
             datamodule.class_names,
             resumed,
         ),  # fmt: skip
-        TopPatchLogger(input_shape, datamodule.val[0][: cfg.patch_images], cfg, resumed),
+        TopPatchLogger(input_shape, datamodule.inputs(val[: cfg.patch_images]), cfg, resumed),
         MistakesLogger(datamodule.class_names),
         FitDiagnosis(chance),
     ]

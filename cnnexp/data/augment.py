@@ -1,14 +1,14 @@
 """`data.augment`: torchvision.transforms.v2 transforms applied to each training image on its own.
 
-The images in memory are normalised floats; colour transforms and RandAugment want the 0..1
-scale, so a batch is un-normalised, transformed image by image (a v2 transform given a batch
-draws one set of random parameters for all of it) and normalised again, on the batch's device.
-Randomness comes from torch's global RNG, which `seed_everything` seeds.
+A training batch is transformed while it is still uint8 (the pixels torchvision's transforms
+expect), image by image (a v2 transform given a batch draws one set of random parameters for all
+of it), on the batch's device, before it is normalised. Randomness comes from torch's global RNG,
+which `seed_everything` seeds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,25 +40,17 @@ def make_transform(spec: dict[str, Any]) -> v2.Transform:
 
 
 class PerImage:
-    """Applies `transform` to each image of a normalised batch (mean/std per channel, on the 0..1
-    scale) with its own random draw, in the 0..1 scale, and returns the batch normalised again."""
+    """Applies `transform` to each image of a batch with its own random draw."""
 
-    def __init__(self, transform: Callable, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.transform, self.mean, self.std = transform, mean, std
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = (
-            torch.tensor(v, dtype=x.dtype, device=x.device)[:, None, None]
-            for v in (self.mean, self.std)
-        )
-        images = (x * std + mean).clamp_(0, 1)
-        return (torch.stack([self.transform(image) for image in images]) - mean) / std
+        return torch.stack([self.transform(image) for image in x])
 
 
-def per_image(
-    specs: list[dict[str, Any]], mean: Sequence[float], std: Sequence[float]
-) -> PerImage | None:
+def per_image(specs: list[dict[str, Any]]) -> PerImage | None:
     """The PerImage augmentation of `data.augment` (None when the list is empty)."""
     if not specs:
         return None
-    return PerImage(v2.Compose([make_transform(s) for s in specs]), mean, std)
+    return PerImage(v2.Compose([make_transform(s) for s in specs]))

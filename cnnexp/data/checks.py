@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnexp.config import ConfigError, check_settings, plain
@@ -50,6 +51,7 @@ def check(cfg: DictConfig) -> DataInfo:
     if data["name"] == "shapes_pair":
         check_pair_layout(data["marks"], data["mark_size"], data["distance"], data["image_size"])
     info = DATASETS[data["name"]].info(data)
+    _check_placement(data)
     _check_fractions(data, info)
     _check_normalize(data["normalize"], info.input_shape[0])
     return info
@@ -65,6 +67,18 @@ def _distinct_shapes(names: list, least: int) -> bool:
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"data.{key}: {value!r} is not allowed (allowed: {allowed})")
+
+
+def _check_placement(data: dict) -> None:
+    """Only a data set read image by image can stay on disk; data.device=gpu needs CUDA."""
+    if data["in_memory"] is False and not DATASETS[data["name"]].streams:
+        streaming = ", ".join(name for name, source in DATASETS.items() if source.streams)
+        whole = f"auto or true; {data['name']} loads whole, false is for {streaming}"
+        _require(False, "in_memory", False, whole)
+    if data["device"] == "gpu":
+        _require(torch.cuda.is_available(), "device", "gpu", "auto or cpu: no CUDA device seen")
+        on_disk = "auto or cpu with data.in_memory=false"
+        _require(data["in_memory"] is not False, "device", "gpu", on_disk)
 
 
 def _check_fractions(data: dict, info: DataInfo) -> None:

