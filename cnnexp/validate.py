@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import get_object, instantiate
@@ -27,6 +27,9 @@ from cnnexp.config import ConfigError, check_mapping, check_settings, plain
 from cnnexp.data import augment
 from cnnexp.errors import first_line
 from cnnexp.features.run import orb_settings
+
+if TYPE_CHECKING:
+    import lightning as L
 
 PROBE_EPOCHS = 3  # scheduler steps tried: T_max=0 or step_size=0 fail at the first one
 
@@ -55,7 +58,14 @@ def validate(cfg: DictConfig) -> Checked:
     check_optimization(cfg, net)
     for name, callback in cfg.callbacks.items():
         check_target(callback, f"callbacks.{name}")
-    check_trainer(cfg.trainer)
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    trains_on = check_trainer(cfg.trainer).accelerator
+    if cfg.data.device == "gpu" and not isinstance(trains_on, CUDAAccelerator):
+        raise ConfigError(
+            f"data.device: gpu, but the Trainer runs on {type(trains_on).__name__} "
+            "(allowed: auto, cpu; or a GPU Trainer, e.g. trainer=gpu)"
+        )
     return Checked(info, net)
 
 
@@ -172,9 +182,9 @@ def check_optimization(cfg: DictConfig, net: nn.Module | None) -> None:
         _applied(cfg.scheduler, "scheduler", scheduler_cls, stepped)
 
 
-def check_trainer(trainer: DictConfig) -> None:
-    """Lightning's own checks of the Trainer arguments, on a probe Trainer that logs nothing;
-    and no DDP that re-runs the command line inside a -m sweep."""
+def check_trainer(trainer: DictConfig) -> L.Trainer:
+    """Lightning's own checks of the Trainer arguments, on a probe Trainer that logs nothing
+    (returned); and no DDP that re-runs the command line inside a -m sweep."""
     import lightning as L
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
@@ -198,6 +208,7 @@ def check_trainer(trainer: DictConfig) -> None:
             "-m sweep cannot do (run one DDP training per command, or sweep with "
             "hydra/launcher=slurm and hydra.launcher.tasks_per_node=<devices>)"
         )
+    return probe
 
 
 def _partial(cls: Callable, spec: dict) -> Callable:

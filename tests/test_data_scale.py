@@ -20,6 +20,7 @@ from cnnexp.config import ConfigError
 from cnnexp.data import sources
 from cnnexp.data.images import RowFile
 from cnnexp.data.ondisk import write_cifar10
+from cnnexp.validate import validate
 from tests.conftest import FAST, all_runs, run_cli
 from tests.test_augment import CROP_FLIP, batches_seen
 from tests.test_data import compose_data
@@ -207,3 +208,10 @@ def test_a_streamed_folder_trains_on_the_gpu_with_pinned_batches(tmp_path, out) 
     assert "on disk, read per batch" in result.stdout
     [run] = all_runs(out)
     assert run.info.status == "FINISHED"
+
+
+@pytest.mark.gpu
+def test_data_on_gpu_with_a_cpu_trainer_is_refused_before_any_run(compose_job) -> None:
+    cfg = compose_job("data=digits", "data.device=gpu", "trainer=cpu")
+    with pytest.raises(ConfigError, match=r"^data\.device: gpu, but the Trainer runs on CPUAcc"):
+        validate(cfg)

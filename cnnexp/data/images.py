@@ -9,7 +9,7 @@ scale) on the batch's own device: the pixels stay 1 byte each until a batch is u
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,8 @@ class RowFile:
     def read(self, rows: np.ndarray) -> torch.Tensor:
         size = self.row_bytes
         out = np.empty((len(rows), size), np.uint8)
+        if not len(rows):
+            return torch.from_numpy(out).view(0, *self.shape)
         fd = os.open(self.path, os.O_RDONLY)
         try:
             start = 0
@@ -76,10 +78,6 @@ class Images:
         chw = self.base.shape if isinstance(self.base, RowFile) else tuple(self.base.shape[1:])
         return (len(self.positions), *chw)
 
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape))
-
     def __len__(self) -> int:
         return len(self.positions)
 
@@ -98,12 +96,7 @@ class Images:
         """Rows `positions` of these images (no pixel copied)."""
         return Images(self.base, self.positions[positions])
 
-    def to(self, device: torch.device | str) -> Images:
-        """The same rows with an in-memory base moved to `device`."""
-        assert isinstance(self.base, torch.Tensor), "a RowFile stays on disk"
-        return Images(self.base.to(device), self.positions)
-
-    def chunks(self, max_bytes: int = STATS_CHUNK_BYTES):
+    def chunks(self, max_bytes: int = STATS_CHUNK_BYTES) -> Iterator[torch.Tensor]:
         """The images in order, as uint8 tensors of at most `max_bytes` each."""
         step = max(1, max_bytes // max(1, int(np.prod(self.shape[1:]))))
         for start in range(0, len(self), step):
