@@ -16,6 +16,8 @@ hit both sides; each ratio is the median over rounds, with its min and max.
   format), a folder of FOLDER_IMAGES PNGs of FOLDER_SIZE² streamed from its cache (twice: the
   second run must decode nothing) and held in memory; then images/s of one pass over the
   folder's training batches, streamed against in memory, in interleaved rounds.
+- with a CUDA device: training images/s of the runner over a raw PyTorch loop, CIFAR-10 resident
+  on the GPU on both sides (`gpu_runner_vs_raw`, interleaved rounds); nothing without one.
 Writes outputs/bench.json (`python -m cnnexp.bench data` runs only the data part and updates it).
 Timings, never assertions: compare ratios, not seconds.
 """
@@ -48,23 +50,27 @@ BENCH_ARGS = ["model=stacked3x3", "data=mnist5k", "trainer=cpu", f"trainer.max_e
 DEFAULT_SIZE: list[str] = []  # the default run as `make train` runs it: stacked3x3, 12 epochs
 
 
-def plain_loop_seconds(overrides: list[str]) -> float:
-    """The same net, data, batch size, optimizer and schedule in a bare PyTorch loop."""
+def plain_loop_seconds(overrides: list[str], device: str = "cpu") -> tuple[float, int]:
+    """(seconds, training images seen) of the same net, data, batch size, optimizer and
+    schedule in a bare PyTorch loop on `device`, the uint8 images resident there (as
+    data.device puts them) and normalised per batch."""
     schema.register()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     torch.manual_seed(cfg.seed)
     dm = data.build(cfg.data)
-    net = models.build(cfg.model, dm.input_shape, dm.num_classes)
+    net = models.build(cfg.model, dm.input_shape, dm.num_classes).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.optimizer.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS)
-    (x, y), (xv, yv), bs = dm.train, dm.val, cfg.data.batch_size
-    xv = xv[:]
+    (x, y), (xv, yv) = ((s[0][:].to(device), s[1].to(device)) for s in (dm.train, dm.val))
+    bs = cfg.data.batch_size
+    if device != "cpu":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(EPOCHS):
         net.train()
-        for idx in torch.randperm(len(y)).split(bs):  # uint8 rows, normalised per batch
-            loss = F.cross_entropy(net(dm.inputs(x[idx.numpy()])), y[idx])
+        for idx in torch.randperm(len(y), device=device).split(bs):
+            loss = F.cross_entropy(net(dm.inputs(x[idx])), y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -75,8 +81,8 @@ def plain_loop_seconds(overrides: list[str]) -> float:
                 (net(dm.inputs(xb)).argmax(1) == yb).sum()
                 for xb, yb in zip(xv.split(bs), yv.split(bs), strict=True)
             )
-    del correct
-    return time.perf_counter() - start
+    float(correct)  # waits for the GPU
+    return time.perf_counter() - start, EPOCHS * len(y)
 
 
 def runner_seconds(overrides: list[str], out: Path) -> tuple[float, float]:
@@ -102,7 +108,7 @@ def interleaved(tmp: Path) -> dict[str, float]:
     plain, runner, analysis, bare, analysis_wall, bare_wall = ([] for _ in range(6))
     for i in range(ROUNDS):
         runner.append(runner_seconds([*BENCH_ARGS, "analysis=none"], tmp / f"r{i}")[0])
-        plain.append(plain_loop_seconds(BENCH_ARGS))
+        plain.append(plain_loop_seconds(BENCH_ARGS)[0])
         fit, wall = runner_seconds([*DEFAULT_SIZE, "analysis=none"], tmp / f"n{i}")
         bare.append(fit), bare_wall.append(wall)
         fit, wall = runner_seconds(DEFAULT_SIZE, tmp / f"a{i}")
@@ -197,28 +203,38 @@ def loader_images_per_s(dm: data.TensorDataModule, loader) -> float:
     return n / (time.perf_counter() - start)
 
 
-def data_paths(tmp: Path) -> dict[str, float]:
-    """Peak memory per data-path mode over digits, and streamed vs in-memory images/s."""
+def cifar10_files(root: Path) -> list[str]:
+    """Writes CIFAR-10's files (60,000 random images, the real pickle format) under `root`;
+    the overrides that train on them."""
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (60000, 3, 32, 32), dtype=np.uint8)
     labels = rng.integers(0, 10, 60000).tolist()
-    names = [f"class {i}" for i in range(10)]
-    write_cifar10(
-        tmp / "cifar", (pixels[:50000], labels[:50000]), (pixels[50000:], labels[50000:]), names
-    )
-    del pixels
+    train, test = (pixels[:50000], labels[:50000]), (pixels[50000:], labels[50000:])
+    write_cifar10(root, train, test, [f"class {i}" for i in range(10)])
+    return ["data=cifar10", f"data.root={root}", "data.download=false", "data.verify=false"]
+
+
+def bench_files(tmp: Path) -> dict[str, list[str]]:
+    """CIFAR-10 and a folder of FOLDER_IMAGES PNGs written under `tmp`: overrides for each."""
     folder = write_png_folder(tmp / "pngs", FOLDER_IMAGES, FOLDER_SIZE, classes=10)
-    cifar = [
-        "data=cifar10",
-        f"data.root={tmp / 'cifar'}",
-        "data.download=false",
-        "data.verify=false",
-    ]
-    streamed = ["data=image_folder", f"data.path={folder}", f"data.image_size={FOLDER_SIZE}"]
-    streamed += [f"data.cache_dir={tmp / 'cache'}", "data.num_workers=0"]  # all in one process
+    return {
+        "cifar": cifar10_files(tmp / "cifar"),
+        "folder": [
+            "data=image_folder",
+            f"data.path={folder}",
+            f"data.image_size={FOLDER_SIZE}",
+            f"data.cache_dir={tmp / 'cache'}",
+        ],
+    }
+
+
+def data_paths(tmp: Path, files: dict[str, list[str]]) -> dict[str, float]:
+    """Peak memory per data-path mode over digits, and streamed vs in-memory images/s."""
+    streamed = [*files["folder"], "data.num_workers=0"]  # everything in the measured process
     results, base = {}, peak_rss_mb(["data=digits"], tmp / "digits")[0]
     results["peak_mb_digits"] = base
-    results["peak_mb_cifar10_in_memory_over_digits"] = peak_rss_mb(cifar, tmp / "c")[0] - base
+    held = peak_rss_mb(files["cifar"], tmp / "c")[0]
+    results["peak_mb_cifar10_in_memory_over_digits"] = held - base
     first, text = peak_rss_mb([*streamed, "data.in_memory=false"], tmp / "s1")
     decoded = re.search(r"decoded (\d+) images into cache .* in ([\d.]+) s", text)
     results["folder_decode_s"] = float(decoded.group(2))
@@ -227,8 +243,38 @@ def data_paths(tmp: Path) -> dict[str, float]:
     results["peak_mb_folder_streamed_over_digits"] = max(first, second) - base
     held = peak_rss_mb([*streamed, "data.in_memory=true"], tmp / "m")[0]
     results["peak_mb_folder_in_memory_over_digits"] = held - base
-    results |= streamed_vs_in_memory(streamed)
+    results |= streamed_vs_in_memory(files["folder"])
     return results
+
+
+GPU_RUN = [  # CIFAR-10 resident on the GPU, fp32 on both sides, no analysis
+    "model=stacked3x3",
+    "trainer=gpu",
+    "trainer.precision=32-true",
+    "data.device=gpu",
+    "data.augment=[]",
+    "data.batch_size=512",
+    f"trainer.max_epochs={EPOCHS}",
+    "analysis=none",
+]
+
+
+def gpu_runner_vs_raw(tmp: Path, cifar: list[str]) -> dict[str, float]:
+    """Training images/s of the runner (its fit time) over a raw PyTorch loop, both with the
+    data resident on the GPU, ROUNDS interleaved rounds; {} without a CUDA device."""
+    if not torch.cuda.is_available():
+        print("no CUDA device: no GPU figures", flush=True)
+        return {}
+    runner, raw = [], []
+    for i in range(ROUNDS):
+        runner.append(runner_seconds([*cifar, *GPU_RUN], tmp / f"g{i}")[0])
+        seconds, images = plain_loop_seconds([*cifar, *GPU_RUN], "cuda")
+        raw.append(seconds)
+    return {
+        "gpu_images_per_s_runner": images / statistics.median(runner),
+        "gpu_images_per_s_raw": images / statistics.median(raw),
+        **summary("gpu_runner_vs_raw", [p / r for r, p in zip(runner, raw, strict=True)]),
+    }
 
 
 def streamed_vs_in_memory(folder: list[str]) -> dict[str, float]:
@@ -259,9 +305,11 @@ def main() -> None:
     only_data = sys.argv[1:] == ["data"]
     results = json.loads(out.read_text()) if only_data and out.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
+        files = bench_files(Path(tmp))
         if not only_data:
             results |= interleaved(Path(tmp) / "runs")
-        results |= data_paths(Path(tmp))
+        results |= data_paths(Path(tmp), files)
+        results |= gpu_runner_vs_raw(Path(tmp), files["cifar"])
     if not only_data:
         results |= model_speed_ratios()
         results["help_s"] = help_seconds()
@@ -270,7 +318,7 @@ def main() -> None:
     print(
         "target: runner_vs_plain <= 1.10, analysis_vs_none <= 1.10, help_s <= 1.0, "
         "peak_mb_cifar10_in_memory_over_digits <= 350, peak_mb_folder_streamed_over_digits "
-        f"<= 300 ({torch.get_num_threads()} threads)"
+        f"<= 300, gpu_runner_vs_raw >= 0.95 ({torch.get_num_threads()} threads)"
     )
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

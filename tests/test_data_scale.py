@@ -15,11 +15,10 @@ import torch
 from PIL import Image
 
 from cnnexp import data
-from cnnexp.bench import peak_rss_mb
+from cnnexp.bench import cifar10_files, peak_rss_mb
 from cnnexp.config import ConfigError
 from cnnexp.data import sources
 from cnnexp.data.images import RowFile
-from cnnexp.data.ondisk import write_cifar10
 from cnnexp.validate import validate
 from tests.conftest import FAST, all_runs, run_cli
 from tests.test_augment import CROP_FLIP, batches_seen
@@ -168,14 +167,8 @@ def test_cifar10_held_as_uint8_adds_at_most_350_mb_over_digits(tmp_path: Path) -
     """Peak memory of a short real run (make bench's measure) on the full 60,000 images of
     CIFAR-10, written in its real format, over the same run on digits; float32 would add 737 MB
     for the pixels alone."""
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (60000, 3, 32, 32), dtype=np.uint8)
-    labels = (np.arange(60000) % 10).tolist()
-    train, test = (pixels[:50000], labels[:50000]), (pixels[50000:], labels[50000:])
-    write_cifar10(tmp_path / "cifar", train, test, [f"class {i}" for i in range(10)])
-    del pixels, train, test
-    cifar = ["data=cifar10", f"data.root={tmp_path / 'cifar'}", "data.download=false"]
-    held, console = peak_rss_mb([*cifar, "data.verify=false"], tmp_path / "cifar-run")
+    cifar = cifar10_files(tmp_path / "cifar")
+    held, console = peak_rss_mb(cifar, tmp_path / "cifar-run")
     digits, _ = peak_rss_mb(["data=digits"], tmp_path / "digits-run")
     assert "45000/5000/10000 train/val/test uint8 images of 3×32×32" in console
     assert held - digits <= 350, f"CIFAR-10 adds {held - digits:.0f} MB"
