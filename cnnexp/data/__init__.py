@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from cnnexp.config import plain
 from cnnexp.data.augment import per_image
-from cnnexp.data.checks import check, own_arguments, typed
+from cnnexp.data.checks import check, typed
 from cnnexp.data.images import Images
 from cnnexp.data.module import TensorDataModule
 from cnnexp.data.sources import DATASETS, DataInfo
@@ -48,8 +48,7 @@ def _prepared(data: dict) -> Splits:
         return _CACHE[key]
     start = time.perf_counter()
     source = DATASETS[name]
-    reading = {k: data[k] for k in ("in_memory", "num_workers")} if source.streams else {}
-    splits = make_splits(source.load(**own_arguments(data), **reading), data)
+    splits = make_splits(source.load(**source.arguments(data)), data)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))  # oldest first
     _CACHE[key] = splits

@@ -8,7 +8,6 @@ checked in cnnexp/validate.py, which builds its transforms for real.)
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -17,9 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnexp.config import ConfigError, check_settings, plain
 from cnnexp.data.shapes import SHAPES, check_pair_layout
 from cnnexp.data.sources import DATASETS, DataInfo
-from cnnexp.schema import DATA_SCHEMAS, DataConf
-
-COMMON_KEYS = tuple(f.name for f in dataclasses.fields(DataConf))
+from cnnexp.schema import DATA_SCHEMAS
 
 
 def typed(cfg: DictConfig) -> DictConfig:
@@ -34,11 +31,6 @@ def typed(cfg: DictConfig) -> DictConfig:
     if schema is DATA_SCHEMAS[name]:
         return cfg
     return OmegaConf.merge(OmegaConf.structured(DATA_SCHEMAS[name]), cfg)
-
-
-def own_arguments(data: dict[str, Any]) -> dict[str, Any]:
-    """The loader's keyword arguments: the data set's keys beyond the shared ones."""
-    return {k: v for k, v in data.items() if k not in COMMON_KEYS}
 
 
 def check(cfg: DictConfig) -> DataInfo:

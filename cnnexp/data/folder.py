@@ -1,6 +1,7 @@
 """data=image_folder: a folder of image files decoded and resized once into a uint8 cache file.
 
-The cache (`data.cache_dir`/<folder digest>/: images.u8, rows of C×S×S bytes, and meta.json)
+The cache (`data.cache_dir`/<digest of the folder, size and channels>/: images.u8, rows of
+C×S×S bytes, and meta.json)
 is reused by every later run while the folder's files are unchanged (same names, sizes and
 modification times); any change decodes the folder again. Decoding runs in `data.num_workers`
 loader processes with torchvision.io (PNG, JPEG, GIF, WebP; PIL for the other formats), resized
@@ -113,7 +114,8 @@ def cached_rows(
     only when the cache does not match its files."""
     listing = list_folder(path)
     shape = (channels, image_size, image_size)
-    where = Path(cache_dir) / hashlib.sha256(f"{Path(path).resolve()}".encode()).hexdigest()[:16]
+    key = f"{Path(path).resolve()} {image_size} {channels}"  # each size has its own cache
+    where = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
     where.mkdir(parents=True, exist_ok=True)
     rows = RowFile(where / "images.u8", len(listing.files), shape)
     meta_file = where / "meta.json"

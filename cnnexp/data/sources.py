@@ -1,11 +1,14 @@
 """Data sources: per data set a loader and its metadata, registered by name in DATASETS.
 
-A loader's keyword arguments are the data set's own schema keys (cnnexp/schema.py: `data.root`,
-`data.n_samples`…); `info` says its input shape, classes and size without loading anything.
+A loader's keyword arguments are data config keys, by name: the data set's own schema keys
+(cnnexp/schema.py: `data.root`, `data.n_samples`…), and `in_memory` and `num_workers` for a
+loader that reads image by image; `info` says its input shape, classes and size without loading
+anything.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,9 +52,17 @@ class DataInfo:
 
 @dataclass(frozen=True)
 class Source:
-    load: Callable[..., Raw]  # keyword arguments: the data set's own schema keys
+    load: Callable[..., Raw]  # keyword arguments: data config keys, by name (see `arguments`)
     info: Callable[[dict], DataInfo]  # the resolved data config -> its metadata
-    streams: bool = False  # reads image by image: can stay on disk (data.in_memory, num_workers)
+
+    def arguments(self, data: dict) -> dict:
+        """The loader's keyword arguments: the keys of the resolved data config it names."""
+        return {name: data[name] for name in inspect.signature(self.load).parameters}
+
+    @property
+    def streams(self) -> bool:
+        """Reads image by image, so its images can stay on disk: its loader takes in_memory."""
+        return "in_memory" in inspect.signature(self.load).parameters
 
 
 DATASETS: dict[str, Source] = {}
@@ -70,12 +81,11 @@ CIFAR10_NAMES = [
 ]
 
 
-def register(name: str, info: Callable[[dict], DataInfo], streams: bool = False) -> Callable:
-    """Add a loader and its metadata to DATASETS under `name` (a key of schema.DATA_SCHEMAS);
-    a loader that `streams` also gets `in_memory` and `num_workers`."""
+def register(name: str, info: Callable[[dict], DataInfo]) -> Callable:
+    """Add a loader and its metadata to DATASETS under `name` (a key of schema.DATA_SCHEMAS)."""
 
     def add(load: Callable[..., Raw]) -> Callable[..., Raw]:
-        DATASETS[name] = Source(load, info, streams)
+        DATASETS[name] = Source(load, info)
         return load
 
     return add
@@ -206,7 +216,7 @@ def folder_info(d: dict) -> DataInfo:
     return DataInfo((d["channels"], size, size), classes, sum(counts.values()))
 
 
-@register("image_folder", folder_info, streams=True)
+@register("image_folder", folder_info)
 def image_folder(
     path: str,
     image_size: int,
