@@ -77,6 +77,19 @@ def test_a_folder_is_decoded_once_and_again_only_when_its_files_change(
     assert black_images(first) == 0 and black_images(third) == 1  # the changed file, decoded
 
 
+def test_each_image_size_keeps_its_own_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = write_pngs(tmp_path / "images")
+    with caplog.at_level(logging.INFO, logger="cnnexp.data.folder"):
+        for size, seed in ((16, 1), (8, 1), (16, 2), (8, 2)):
+            dm = data.build(
+                folder_data(tmp_path, folder, f"data.image_size={size}", f"data.split_seed={seed}")
+            )
+            assert dm.input_shape == (3, size, size)
+    assert decodes(caplog) == ["decoded 72 images"] * 2 + ["reused"] * 2
+
+
 def test_the_cache_holds_the_pixels_a_direct_decode_gives(tmp_path: Path) -> None:
     folder = write_pngs(tmp_path / "images", per_class=4, size=16)  # no resize: exact pixels
     dm = data.build(
