@@ -2,7 +2,7 @@
 
 `Images` is what a split holds: rows `positions` of a base (a uint8 tensor, on the CPU or the
 GPU, or a `RowFile` on disk), so splitting copies no pixel. Indexing it returns a uint8 tensor.
-`normalise` turns such a batch into the net's input (float, mean/std per channel on the 0..1
+`Normalise` turns such a batch into the net's input (float, mean/std per channel on the 0..1
 scale) on the batch's own device: the pixels stay 1 byte each until a batch is used.
 """
 
@@ -114,16 +114,33 @@ def images(x: torch.Tensor | Images) -> Images:
     return x if isinstance(x, Images) else Images(x)
 
 
+class Normalise:
+    """Images → float32 net input on their own device: on the 0..1 scale (uint8 0..255; floats
+    are taken as 0..1, torchvision's rule), then (x - mean) / std per channel, as one
+    multiply-add per pixel after the conversion: x·scale + shift. The per-channel factors are
+    copied to each device once, so a batch on a GPU never waits for a host copy."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        m, s = (torch.tensor(v, dtype=torch.float64) for v in (mean, std))
+        self.factors = {
+            full: ((1 / (full * s)).float()[:, None, None], (-m / s).float()[:, None, None])
+            for full in (255.0, 1.0)
+        }
+        self.on_device: dict[tuple[torch.device, float], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        full = 255.0 if x.dtype == torch.uint8 else 1.0
+        key = (x.device, full)
+        if key not in self.on_device:
+            self.on_device[key] = tuple(f.to(x.device) for f in self.factors[full])
+        scale, shift = self.on_device[key]
+        scaled = x.float() if x.dtype != torch.float32 else x.clone()
+        return torch.addcmul(shift, scaled, scale, out=scaled)
+
+
 def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Images → float32 net input on x's device: on the 0..1 scale (uint8 0..255; floats are
-    taken as 0..1, torchvision's rule), then (x - mean) / std per channel, as one multiply-add
-    per pixel after the conversion: x·scale + shift."""
-    full = 255.0 if x.dtype == torch.uint8 else 1.0
-    m, s = (torch.tensor(v, dtype=torch.float64) for v in (mean, std))
-    scale, shift = (1 / (full * s)).float(), (-m / s).float()
-    scaled = x.float() if x.dtype != torch.float32 else x.clone()
-    per_channel = [t.to(x.device)[:, None, None] for t in (shift, scale)]
-    return torch.addcmul(per_channel[0], scaled, per_channel[1], out=scaled)
+    """`Normalise(mean, std)(x)` for one batch."""
+    return Normalise(mean, std)(x)
 
 
 def channel_stats(x: Images) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from torch.utils.data import (
 )
 
 from cnnexp.config import ConfigError
-from cnnexp.data.images import Images, normalise, row_index
+from cnnexp.data.images import Images, Normalise, row_index
 from cnnexp.data.splits import Split, Splits
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class EpochBatchSampler(BatchSampler):
 class TensorDataModule(L.LightningDataModule):
     """Train/val/test uint8 images (`Images`) and labels; each batch becomes the net's input in
     `on_after_batch_transfer`, on its device: `augment` (uint8 batch → uint8 batch, training
-    batches only), then `normalise`. `inputs(x)` does the same for images taken by hand.
+    batches only), then `Normalise`. `inputs(x)` does the same for images taken by hand.
     `device` (data.device): auto puts in-memory data on the GPU the run trains on when it fits,
     gpu insists, cpu never does."""
 
@@ -81,6 +81,7 @@ class TensorDataModule(L.LightningDataModule):
         self.num_classes = len(self.class_names)
         self.input_shape: tuple[int, int, int] = tuple(splits.train[0].shape[1:])
         self.mean, self.std = splits.mean, splits.std
+        self.normalise = Normalise(self.mean, self.std)
         self.batch_size = batch_size
         self.augment = augment
         self.num_workers, self.device = num_workers, device
@@ -88,7 +89,7 @@ class TensorDataModule(L.LightningDataModule):
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images of these splits as the net's input (normalised floats, x's device)."""
-        return normalise(x, self.mean, self.std)
+        return self.normalise(x)
 
     def setup(self, stage: str) -> None:
         where = self.trainer.strategy.root_device if self.trainer is not None else None
