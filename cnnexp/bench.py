@@ -85,10 +85,15 @@ def plain_loop_seconds(overrides: list[str], device: str = "cpu") -> tuple[float
     return time.perf_counter() - start, EPOCHS * len(y)
 
 
+def cli_command(out: Path, overrides: list[str]) -> list[str]:
+    """`python -m cnnexp` with every output (its MLflow store too) under `out`."""
+    return [sys.executable, "-m", "cnnexp", f"paths.output_dir={out}", *overrides]
+
+
 def runner_seconds(overrides: list[str], out: Path) -> tuple[float, float]:
     """(fit_seconds read back from its MLflow store, wall seconds) of a real CLI run into a new
     store under `out`."""
-    cmd = [sys.executable, "-m", "cnnexp", f"paths.output_dir={out}", *overrides]
+    cmd = cli_command(out, overrides)
     start = time.perf_counter()
     subprocess.run(cmd, cwd=repo_root(), check=True, capture_output=True)
     wall = time.perf_counter() - start
@@ -186,7 +191,7 @@ def peak_rss_mb(overrides: list[str], out: Path) -> tuple[float, str]:
     """(peak resident memory in MB of one CLI run's process, its console text)."""
     out.mkdir(parents=True, exist_ok=True)
     console = out / "console.txt"
-    cmd = [sys.executable, "-m", "cnnexp", f"paths.output_dir={out}", *DATA_RUN, *overrides]
+    cmd = cli_command(out, [*DATA_RUN, *overrides])
     with console.open("w") as stream:
         child = subprocess.Popen(cmd, cwd=repo_root(), stdout=stream, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(child.pid, 0)

@@ -91,8 +91,12 @@ class TensorDataModule(L.LightningDataModule):
         """uint8 images of these splits as the net's input (normalised floats, x's device)."""
         return self.normalise(x)
 
+    def trains_on(self) -> torch.device | None:
+        """The device the attached Trainer trains on (None without one)."""
+        return self.trainer.strategy.root_device if self.trainer is not None else None
+
     def setup(self, stage: str) -> None:
-        where = self.trainer.strategy.root_device if self.trainer is not None else None
+        where = self.trains_on()
         if where is None or where.type != "cuda" or self.device == "cpu":
             if self.device == "gpu":
                 raise ConfigError(
@@ -146,7 +150,8 @@ class TensorDataModule(L.LightningDataModule):
         batches = EpochBatchSampler(order, self.batch_size, False)
         if split[0].in_memory:  # indexing memory: workers would only add copies
             return DataLoader(data, batch_sampler=batches, collate_fn=as_is)
-        gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        where = self.trains_on()
+        gpu = where is not None and where.type == "cuda"
         workers = self.num_workers
         return DataLoader(
             data,
