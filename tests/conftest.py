@@ -72,6 +72,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason="no CUDA device"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory: pytest.TempPathFactory):
+    """torch.compile's cache lives in the session's temporary directory (removed with it when
+    every test passed), not in /tmp/torchinductor_<user>, which would outlive every test run;
+    and no precompiled C++ header (150 MB, always written to /tmp/torchinductor_<user>). CLI
+    subprocesses inherit both settings."""
+    from torch._inductor import config as inductor
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("torchinductor")))
+        patch.setenv("TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS", "0")
+        patch.setattr(inductor, "cpp_cache_precompile_headers", False)
+        yield
+
+
 @pytest.fixture
 def out(tmp_path: Path) -> Path:
     return tmp_path / "outputs"
