@@ -66,7 +66,27 @@ def validate(cfg: DictConfig) -> Checked:
             f"data.device: gpu, but the Trainer runs on {type(trains_on).__name__} "
             "(allowed: auto, cpu; or a GPU Trainer, e.g. trainer=gpu)"
         )
+    if cfg.model.get("compile") and type(trains_on).__name__ == "CPUAccelerator":
+        check_cpp_compiler()
     return Checked(info, net)
+
+
+def check_cpp_compiler() -> None:
+    """model.compile=true on the CPU: torch.compile writes C++ kernels and builds them with the
+    compiler of torch._inductor's `cpp.cxx` (CXX, else g++); without one the first step would
+    fail with a traceback."""
+    from torch._inductor import config as inductor
+    from torch._inductor.cpp_builder import cpp_compiler_search
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        cpp_compiler_search(inductor.cpp.cxx)
+    except InvalidCxxCompiler:
+        tried = ", ".join(str(c) for c in inductor.cpp.cxx if c)
+        raise ConfigError(
+            f"model.compile: true, but torch.compile finds no working C++ compiler for CPU "
+            f"kernels (tried {tried}) (allowed: false, or a C++ compiler: install g++ or set CXX)"
+        ) from None
 
 
 def validate_applying(cfg: DictConfig) -> data.DataInfo | None:

@@ -187,6 +187,7 @@ CLI_CASES = [  # (overrides, environment, the line's start): all of stderr is th
     (["paths.output_dir=/etc/hostname/x"], {}, "paths.output_dir: cannot create /etc/hostname"),
     ([], {"MLFLOW_TRACKING_URI": "bogus://x"}, "MLFLOW_TRACKING_URI: cannot use MLflow store"),
     (["logger.experiment_name="], {}, "logger.experiment_name: empty"),
+    (["model.compile=true"], {"CXX": "no-such-c++"}, "model.compile: true, but torch.compile"),
 ]
 
 
