@@ -70,11 +70,25 @@ def test_a_folder_is_decoded_once_and_again_only_when_its_files_change(
         *(torch.cat([x[:] for x, _ in (dm.train, dm.val, dm.test)]).sum(0) for dm in (first, again))
     )  # the same pixels, split differently
 
-    def black_images(dm: data.TensorDataModule) -> int:
-        every = torch.cat([x[:] for x, _ in (dm.train, dm.val, dm.test)])
-        return int((every.amax(dim=(1, 2, 3)) == 0).sum())
-
     assert black_images(first) == 0 and black_images(third) == 1  # the changed file, decoded
+
+
+def test_one_process_sees_a_folder_change_between_builds_of_one_config(tmp_path: Path) -> None:
+    folder = write_pngs(tmp_path / "images")
+    first = data.build(folder_data(tmp_path, folder))
+    assert data.build(folder_data(tmp_path, folder)).train[0] is first.train[0]  # reused
+    changed = folder / "a" / "0.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(changed)
+    later = changed.stat().st_mtime_ns + 10**9
+    os.utime(changed, ns=(later, later))  # a new modification time, however coarse the clock
+    third = data.build(folder_data(tmp_path, folder))
+    assert third.train[0] is not first.train[0]
+    assert black_images(first) == 0 and black_images(third) == 1
+
+
+def black_images(dm: data.TensorDataModule) -> int:
+    every = torch.cat([x[:] for x, _ in (dm.train, dm.val, dm.test)])
+    return int((every.amax(dim=(1, 2, 3)) == 0).sum())
 
 
 def test_each_image_size_keeps_its_own_cache(

@@ -2,7 +2,8 @@
 that are normalised (and augmented) on the device they train on.
 
 `build(cfg.data)` caches the prepared splits per process, so a multirun that reuses one data
-config loads it once; batch size, augmentation, workers and device do not take part in the key.
+config loads it once; batch size, augmentation, workers and device do not take part in the key,
+a folder's files do (a notebook that changes them between runs gets the new images).
 """
 
 from __future__ import annotations
@@ -41,13 +42,15 @@ def build(cfg: DictConfig) -> TensorDataModule:
 
 
 def _prepared(data: dict) -> Splits:
-    name = data["name"]
-    key = json.dumps({k: v for k, v in data.items() if k not in SERVING_KEYS})
+    name, source = data["name"], DATASETS[data["name"]]
+    key = json.dumps(
+        {k: v for k, v in data.items() if k not in SERVING_KEYS}
+        | {"version": source.version(data) if source.version else None}
+    )
     if key in _CACHE:
         log.info("data %s: reused from cache", name)
         return _CACHE[key]
     start = time.perf_counter()
-    source = DATASETS[name]
     splits = make_splits(source.load(**source.arguments(data)), data)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))  # oldest first

@@ -22,7 +22,7 @@ from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cnnexp.config import ConfigError
-from cnnexp.data.folder import cached_rows
+from cnnexp.data.folder import cached_rows, list_folder
 from cnnexp.data.images import Images
 from cnnexp.data.shapes import draw_shape_pairs, draw_shapes
 
@@ -54,6 +54,9 @@ class DataInfo:
 class Source:
     load: Callable[..., Raw]  # keyword arguments: data config keys, by name (see `arguments`)
     info: Callable[[dict], DataInfo]  # the resolved data config -> its metadata
+    # What else the loaded images depend on (a folder's files), for a process that loads the
+    # same config twice; None: the config alone decides.
+    version: Callable[[dict], str] | None = None
 
     def arguments(self, data: dict) -> dict:
         """The loader's keyword arguments: the keys of the resolved data config it names."""
@@ -81,11 +84,13 @@ CIFAR10_NAMES = [
 ]
 
 
-def register(name: str, info: Callable[[dict], DataInfo]) -> Callable:
+def register(
+    name: str, info: Callable[[dict], DataInfo], version: Callable[[dict], str] | None = None
+) -> Callable:
     """Add a loader and its metadata to DATASETS under `name` (a key of schema.DATA_SCHEMAS)."""
 
     def add(load: Callable[..., Raw]) -> Callable[..., Raw]:
-        DATASETS[name] = Source(load, info)
+        DATASETS[name] = Source(load, info, version)
         return load
 
     return add
@@ -216,7 +221,12 @@ def folder_info(d: dict) -> DataInfo:
     return DataInfo((d["channels"], size, size), classes, sum(counts.values()))
 
 
-@register("image_folder", folder_info)
+def folder_version(d: dict) -> str:
+    """The folder's files (names, classes, sizes, modification times), as its cache keys them."""
+    return list_folder(d["path"]).fingerprint(d["image_size"], d["channels"])
+
+
+@register("image_folder", folder_info, folder_version)
 def image_folder(
     path: str,
     image_size: int,
