@@ -58,7 +58,7 @@ def validate(cfg: DictConfig) -> Checked:
     check_optimization(cfg, net)
     for name, callback in cfg.callbacks.items():
         check_target(callback, f"callbacks.{name}")
-    from lightning.pytorch.accelerators import CUDAAccelerator
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
     trains_on = check_trainer(cfg.trainer).accelerator
     if cfg.data.device == "gpu" and not isinstance(trains_on, CUDAAccelerator):
@@ -66,7 +66,7 @@ def validate(cfg: DictConfig) -> Checked:
             f"data.device: gpu, but the Trainer runs on {type(trains_on).__name__} "
             "(allowed: auto, cpu; or a GPU Trainer, e.g. trainer=gpu)"
         )
-    if cfg.model.get("compile") and type(trains_on).__name__ == "CPUAccelerator":
+    if cfg.model.get("compile") and isinstance(trains_on, CPUAccelerator):
         check_cpp_compiler()
     return Checked(info, net)
 
