@@ -34,7 +34,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from cnnexp import data, models, tracking
 from cnnexp.analysis.mistakes import MistakesLogger
 from cnnexp.config import ConfigError, job_output_dir, plain
-from cnnexp.data.folder import read_image  # the image_folder source's own reading
+from cnnexp.data.folder import decode  # the image_folder source's own reading
 from cnnexp.data.images import normalise
 from cnnexp.models.classifier import INFERENCE_KEY
 from cnnexp.resume import find_run, latest_checkpoint, read_checkpoint
@@ -196,12 +196,10 @@ def images(files: list[Path], facts: dict) -> torch.Tensor:
     channels, height, width = facts["input_shape"]
     pixels = []
     for file in files:
-        try:
-            pixels.append(read_image(file, channels, (height, width)))
-        except OSError as err:  # PIL's UnidentifiedImageError is one
-            raise ConfigError(f"predict.path: cannot read image {file} ({err})") from None
-        except RuntimeError:  # torchvision's decoders
-            raise ConfigError(f"predict.path: cannot read image {file} (not decodable)") from None
+        image = decode(file, channels, (height, width))
+        if isinstance(image, str):
+            raise ConfigError(f"predict.path: cannot read image {file} ({image})")
+        pixels.append(image)
     return normalise(torch.stack(pixels), facts["mean"], facts["std"])
 
 

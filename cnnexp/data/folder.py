@@ -85,12 +85,18 @@ class _Decoded(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor | str:
-        try:
-            return read_image(self.files[i], self.channels, self.size)
-        except OSError as err:  # PIL's UnidentifiedImageError is one
-            return f"{self.files[i]}: {err}"
-        except RuntimeError:  # torchvision's decoders: a long message naming their C++ source
-            return f"{self.files[i]}: not a readable {self.files[i].suffix} image"
+        image = decode(self.files[i], self.channels, self.size)
+        return f"{self.files[i]}: {image}" if isinstance(image, str) else image
+
+
+def decode(file: Path, channels: int, size: tuple[int, int]) -> torch.Tensor | str:
+    """`read_image`, or why the file cannot be read (a short text)."""
+    try:
+        return read_image(file, channels, size)
+    except OSError as err:  # PIL's UnidentifiedImageError is one
+        return str(err)
+    except RuntimeError:  # torchvision's decoders: a long message naming their C++ source
+        return f"not a readable {Path(file).suffix} image"
 
 
 def decode_into(
