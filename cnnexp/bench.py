@@ -37,11 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from cnnexp import data, models, schema
-from cnnexp.config import config_dir, repo_root
+from cnnexp import api, data, models
+from cnnexp.config import repo_root
 from cnnexp.data.ondisk import write_cifar10, write_png_folder
 
 EPOCHS = 3  # runner vs plain
@@ -54,9 +53,7 @@ def plain_loop_seconds(overrides: list[str], device: str = "cpu") -> tuple[float
     """(seconds, training images seen) of the same net, data, batch size, optimizer and
     schedule in a bare PyTorch loop on `device`, the uint8 images resident there (as
     data.device puts them) and normalised per batch."""
-    schema.register()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = api.compose(overrides)
     torch.manual_seed(cfg.seed)
     dm = data.build(cfg.data)
     net = models.build(cfg.model, dm.input_shape, dm.num_classes).to(device)
@@ -140,13 +137,11 @@ def model_speed_ratios(rounds: int = 7) -> dict[str, float]:
     """images/s of A over B per round, A and B timed back to back; median, min and max."""
     from cnnexp.models.facts import measure_throughput
 
-    schema.register()
     results: dict[str, float] = {}
     for a, b in MODEL_PAIRS:
         nets = {}
         for name in (a, b):
-            with initialize_config_dir(str(config_dir()), version_base="1.3"):
-                cfg = compose("config", overrides=[f"model={name}"])
+            cfg = api.compose([f"model={name}"])
             nets[name] = models.build(cfg.model, (1, 28, 28), 10)
         batch = torch.randn(64, 1, 28, 28)
         for train in (True, False):
@@ -285,12 +280,9 @@ def gpu_runner_vs_raw(tmp: Path, cifar: list[str]) -> dict[str, float]:
 def streamed_vs_in_memory(folder: list[str]) -> dict[str, float]:
     """Images/s of the folder's training batches streamed (data.num_workers=2) and in memory,
     one pass each per round, ROUNDS interleaved rounds."""
-    schema.register()
     modules = {}
     for mode, extra in (("in_memory", "true"), ("streamed", "false")):
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            overrides = [*folder, f"data.in_memory={extra}", "data.num_workers=2"]
-            cfg = compose("config", overrides=overrides)
+        cfg = api.compose([*folder, f"data.in_memory={extra}", "data.num_workers=2"])
         dm = data.build(cfg.data)
         modules[mode] = (dm, dm.train_dataloader())  # workers persist across passes
     speeds: dict[str, list[float]] = {mode: [] for mode in modules}
