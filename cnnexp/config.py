@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 
 class ConfigError(ValueError):
@@ -67,20 +69,31 @@ def register_resolvers() -> None:
 def setting(
     default: Any = dataclasses.MISSING,
     *,
+    factory: Any = None,
+    **bounds: Any,
+) -> Any:
+    """A dataclass field whose value must lie within `bounds` (see `limits`), checked by
+    `check_settings`; `factory` makes a fresh list/dict default per instance."""
+    meta = limits(**bounds)
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def limits(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
     choices: Sequence[Any] | None = None,
-    factory: Any = None,
-) -> Any:
-    """A dataclass field whose value must lie in a range or among `choices` (checked by
-    `check_settings`); `factory` makes a fresh list/dict default per instance."""
-    limits = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
-    meta = {k: v for k, v in limits.items() if v is not None}
-    if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+    also: Sequence[Any] | None = None,
+    share: bool = False,
+) -> dict[str, Any]:
+    """A key's limits as field metadata: a range (ge, gt, le, lt) or `choices`; `also`: values
+    allowed outside the range (-1 for "no limit"); `share`: a float is a share of the whole, in
+    the range and at most 1 (an integer is a count in the range)."""
+    given = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "also": also}
+    return {k: v for k, v in given.items() if v is not None} | ({"share": True} if share else {})
 
 
 _BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b)}
@@ -94,8 +107,14 @@ def allowed_text(field: dataclasses.Field) -> str:
         return ", ".join(_yaml_text(c) for c in meta["choices"])
     noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
     bounds = " and ".join(f"{sign} {meta[k]}" for k, (sign, _) in _BOUNDS.items() if k in meta)
+    kind = int if meta.get("share") else float if kind is Any and bounds else kind
     text = f"{noun.get(kind, 'a value')} {bounds}".strip()
-    return f"{text}, or null" if _optional(field.type) else text
+    if meta.get("share"):
+        text += f", or a fraction {bounds} and <= 1"
+    extra = [_yaml_text(v) for v in meta.get("also", ())] + (
+        ["null"] if _optional(field.type) else []
+    )
+    return f"{text}, or {' or '.join(extra)}" if extra else text
 
 
 def check_settings(node: DictConfig, where: str) -> None:
@@ -187,10 +206,42 @@ def _within(value: Any, meta: Mapping[str, Any]) -> bool:
     if "choices" in meta:
         values = value if isinstance(value, ListConfig | list) else [value]
         return all(_chosen(v, meta["choices"]) for v in values)
+    if _chosen(value, meta.get("also", ())):
+        return True
     bounds = [(check, meta[k]) for k, (_, check) in _BOUNDS.items() if k in meta]
     if bounds and (isinstance(value, bool) or not isinstance(value, int | float)):
         return False
+    if meta.get("share") and isinstance(value, float) and not value <= 1:
+        return False
     return all(check(value, bound) for check, bound in bounds)
+
+
+def check_finite(cfg: DictConfig) -> None:
+    """No number anywhere in the config is NaN or infinite: torch and Lightning accept most of
+    them, and a run would train on garbage (lr=inf) or not at all (gamma=nan)."""
+    for key, value in leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value} is not allowed (allowed: a finite number)")
+
+
+def leaves(node: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, value) of every value in a config tree, list items as `path[i]`,
+    interpolations resolved; a value that is missing (`???`) or cannot be resolved yet
+    (`${hydra:...}` outside a job) is skipped: nothing can use it either."""
+    if isinstance(node, DictConfig | ListConfig):
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+        for key in keys:
+            if OmegaConf.is_missing(node, key):  # `???`: check_settings names it
+                continue
+            try:
+                value = node[key]
+            except InterpolationResolutionError:
+                continue
+            yield from leaves(
+                value, join(where, key) if isinstance(key, str) else f"{where}[{key}]"
+            )
+    else:
+        yield where, node
 
 
 def _has_type(value: Any, tp: Any) -> bool:

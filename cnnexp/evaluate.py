@@ -36,11 +36,10 @@ from cnnexp.analysis.mistakes import MistakesLogger
 from cnnexp.config import ConfigError, job_output_dir, plain
 from cnnexp.data.folder import decode  # the image_folder source's own reading
 from cnnexp.data.images import normalise
-from cnnexp.models.classifier import INFERENCE_KEY
 from cnnexp.resume import find_run, latest_checkpoint, read_checkpoint
 from cnnexp.tracking.logger import RunLogger
 from cnnexp.tracking.mlflow_run import KIND_TAG, open_store
-from cnnexp.validate import check_applies, validate_applying
+from cnnexp.validate import check_applies, check_stored_net, validate_applying
 
 EVALUATES_TAG = "cnnexp.evaluates"  # on an eval run: the run whose net it tested
 CHECKPOINT_TAG = "cnnexp.checkpoint"  # on an eval run: the checkpoint it loaded
@@ -90,17 +89,17 @@ def run_checkpoint(client: MlflowClient, run: Run) -> tuple[dict, str]:
 
 
 def _rebuilt(state: dict, source: str, run: Run | None) -> TrainedNet:
-    facts = state.get(INFERENCE_KEY)
-    if not facts:
+    model, facts = check_stored_net(state, source)
+    classes = len(facts["class_names"])
+    net = models.build(model, tuple(facts["input_shape"]), classes)
+    module = models.Classifier(net, classes, inference=facts, channels_last=model.channels_last)
+    try:
+        module.load_state_dict(state["state_dict"])
+    except (RuntimeError, TypeError, ValueError) as err:  # missing, extra or misshapen tensors
         raise ConfigError(
-            f"resume: checkpoint {source} does not say how to apply its net (written before "
-            "cnnexp stored that; train the run again)"
-        )
-    classes, model = len(facts["class_names"]), facts["model"]
-    net = models.build(OmegaConf.create(model), tuple(facts["input_shape"]), classes)
-    channels_last = model.get("channels_last", False)  # absent: a checkpoint from before the key
-    module = models.Classifier(net, classes, inference=facts, channels_last=channels_last)
-    module.load_state_dict(state["state_dict"])
+            f"resume: checkpoint {source}: its weights do not fit the net its config describes "
+            f"({' '.join(str(err).split())[:300]})"
+        ) from None
     return TrainedNet(module.eval(), facts, source, run)
 
 

@@ -17,9 +17,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from cnnexp.config import register_resolvers, setting
+from cnnexp.config import limits, register_resolvers, setting
 
 TASKS = ("train", "inspect", "report", "eval", "predict")
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seeds are unsigned 32-bit
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
 HEADS = ("gap", "flatten")  # global average pooling + linear | flatten + linear
 
@@ -36,7 +37,9 @@ class PathsConf:
 class DataConf:
     name: str = MISSING
     batch_size: int = setting(64, ge=1)
-    split_seed: int = 42  # seeds the train/val/test split; independent of the training seed
+    split_seed: int = setting(
+        42, ge=0, le=SEED_MAX
+    )  # seeds the train/val/test split; independent of the training seed
     val_fraction: float = setting(0.1, gt=0, lt=1)
     test_fraction: float | None = setting(0.2, gt=0, lt=1)  # null: official test split
     train_size: Any = None  # null (all), a count >= 1, or a fraction in (0, 1]
@@ -65,7 +68,7 @@ class ShapesConf(DataConf):  # synthetic shapes drawn with OpenCV, 1×S×S
     n_samples: int = setting(2000, ge=1)
     image_size: int = setting(32, ge=4)
     classes: list[str] = setting(factory=lambda: ["circle", "square", "triangle", "cross"])
-    generator_seed: int = 0
+    generator_seed: int = setting(0, ge=0, le=SEED_MAX)
     noise: float = setting(0.05, ge=0)  # std of Gaussian pixel noise, fraction of 255
 
 
@@ -77,7 +80,7 @@ class ShapesPairConf(DataConf):  # two marks `distance` px apart; label: same sh
     marks: list[str] = setting(factory=lambda: ["circle", "cross"])
     mark_size: int = setting(7, ge=3)
     distance: int = setting(16, ge=1)
-    generator_seed: int = 0
+    generator_seed: int = setting(0, ge=0, le=SEED_MAX)
     noise: float = setting(0.05, ge=0)
 
 
@@ -182,6 +185,12 @@ class OrbModelConf:  # hand-crafted baseline: ORB → visual words → logistic 
     kmeans_sample: int = setting(100000, ge=2)
 
 
+MODEL_SCHEMAS: dict[str, type] = {
+    c.__dataclass_fields__["kind"].default: c
+    for c in (CnnModelConf, TorchvisionModelConf, OrbModelConf)
+}
+
+
 # ---- the other groups ----
 @dataclass
 class LoggerConf:
@@ -197,16 +206,17 @@ class LoggerConf:
 
 @dataclass
 class AnalysisConf:  # insight callbacks (cnnexp/analysis/callbacks.py)
+    # Upper bounds keep each picture one a person can read and each snapshot seconds, not hours.
     enabled: bool = True
     every_n_epochs: int = setting(2, ge=1)  # images before training, every n epochs, at the end
-    erf_samples: int = setting(8, ge=1)  # random inputs averaged for the ERF
-    n_images: int = setting(4, ge=1)  # fixed validation images whose feature maps are shown
-    max_channels: int = setting(16, ge=1)  # channels shown per conv block
+    erf_samples: int = setting(8, ge=1, le=256)  # random inputs averaged for the ERF
+    n_images: int = setting(4, ge=1, le=32)  # fixed validation images whose feature maps are shown
+    max_channels: int = setting(16, ge=1, le=64)  # channels shown per conv block
     normalize: str = setting("channel", choices=["channel", "layer"])  # feature-map colour scale
-    health_images: int = setting(128, ge=1)  # validation images for the health metrics
-    top_k: int = setting(8, ge=1)  # top patches shown per channel
-    patch_images: int = setting(512, ge=1)  # validation images searched for the top patches
-    tile_px: int = setting(32, ge=1)  # smallest side of one tile in the image grids
+    health_images: int = setting(128, ge=1, le=4096)  # validation images for the health metrics
+    top_k: int = setting(8, ge=1, le=32)  # top patches shown per channel
+    patch_images: int = setting(512, ge=1, le=10000)  # validation images searched for top patches
+    tile_px: int = setting(32, ge=1, le=256)  # smallest side of one tile in the image grids
 
 
 @dataclass
@@ -227,6 +237,25 @@ class PredictConf:  # task=predict: the images to classify and where the CSV goe
 
 _SIMPLE = {"int": int, "float": float, "bool": bool, "str": str}
 TRAINER_SET_BY_CNNEXP = ("logger", "callbacks", "plugins", "default_root_dir")
+# Lightning checks these only once fit runs (after a run opened), or never: a negative clip norm
+# flips every gradient, 0 epochs or batches train nothing and still record a test accuracy.
+TRAINER_LIMITS = {
+    "max_epochs": limits(ge=1, also=[-1]),  # -1: no limit
+    "min_epochs": limits(ge=0),
+    "max_steps": limits(ge=1, also=[-1]),
+    "min_steps": limits(ge=0),
+    "limit_train_batches": limits(gt=0, share=True),
+    "limit_val_batches": limits(ge=0, share=True),
+    "limit_test_batches": limits(gt=0, share=True),  # test_acc is what a run reports
+    "limit_predict_batches": limits(ge=0, share=True),
+    "overfit_batches": limits(ge=0, share=True),
+    "check_val_every_n_epoch": limits(ge=1),
+    "num_sanity_val_steps": limits(ge=0, also=[-1]),  # -1: the whole validation set
+    "log_every_n_steps": limits(ge=1),
+    "accumulate_grad_batches": limits(ge=1),
+    "gradient_clip_val": limits(ge=0),
+    "reload_dataloaders_every_n_epochs": limits(ge=0),
+}
 
 
 def trainer_arguments() -> list[tuple[str, Any, Any]]:
@@ -253,14 +282,20 @@ def _annotation(node: ast.expr) -> Any:
 
 
 TrainerConf = make_dataclass(
-    "TrainerConf", [(name, tp, field(default=value)) for name, tp, value in trainer_arguments()]
+    "TrainerConf",
+    [
+        (name, tp, field(default=value, metadata=TRAINER_LIMITS.get(name, {})))
+        for name, tp, value in trainer_arguments()
+    ],
 )
 
 
 @dataclass
 class Config:
     task: str = setting("train", choices=TASKS)
-    seed: int = 0  # seeds weights, shuffling, augmentation (splits use data.split_seed)
+    seed: int = setting(
+        0, ge=0, le=SEED_MAX
+    )  # seeds weights, shuffling, augmentation (splits use data.split_seed)
     resume: str | None = None  # a checkpoint path or MLflow run id: to continue, eval, predict
     resume_finished: bool = False  # allow resume= of a FINISHED run (train it further)
     inspect_model: str | None = field(default=None, metadata={"task": "inspect"})  # torchvision

@@ -63,8 +63,8 @@ def train(cfg: DictConfig) -> float:
 
 def train_run(cfg: DictConfig) -> Trained:
     """Train and test the configured net, as `train` does; return what the run produced."""
+    validate(cfg)  # every config mistake, before data loads or a run opens
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    checked = validate(cfg)  # every config mistake, before data loads or a run opens
     if cfg.model.kind == "orb_bovw":  # hand-crafted baseline, no net to train
         from cnnexp.features.run import train_orb
 
@@ -72,7 +72,8 @@ def train_run(cfg: DictConfig) -> Trained:
     uri, experiment_id = tracking.ensure_experiment(cfg)  # an unusable store stops us here
     client = MlflowClient(uri)
     resume = locate(cfg, client) if cfg.resume else None
-    dm, net = data.build(cfg.data), checked.net
+    dm = data.build(cfg.data)
+    net = models.build(cfg.model, dm.input_shape, dm.num_classes)
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
     inference = models.classifier.inference_facts(cfg.model, dm)  # eval/predict need it
     module = models.Classifier(

@@ -125,7 +125,8 @@ def test_randaugment_gets_each_uint8_image_before_normalisation() -> None:
 BAD = [  # (override, start of the one line)
     (
         f"data.augment=[{FLIP},{{_target_:{V2}.RandomFlop}}]",
-        f"data.augment[1]._target_: '{V2}.RandomFlop' is not allowed (allowed: a transform",
+        f"data.augment[1]._target_: cannot import '{V2}.RandomFlop' (allowed: a dotted path to a "
+        f"subclass of {V2}.Transform",
     ),
     (
         f"data.augment=[{{_target_:{V2}.ColorJitter,brightness:-1}}]",

@@ -31,7 +31,7 @@ BAD_INPUTS = [  # (overrides, the start of the one line)
     (["optimizer.weight_decay=-1"], "optimizer.weight_decay: -1 is not allowed (Invalid weight"),
     (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size: 0 is not allowed"),
     (["scheduler=cosine", "scheduler.T_max=0"], "scheduler.T_max: 0 is not allowed"),
-    (["analysis.n_images=0"], "analysis.n_images: 0 is not allowed (allowed: an integer >= 1)"),
+    (["analysis.n_images=0"], "analysis.n_images: 0 is not allowed (allowed: an integer >= 1 and"),
     (["data.augment.enabled=true"], "data.augment.enabled: data.augment is a list, it has no"),
     (["analysis.every_n_epochs=0"], "analysis.every_n_epochs: 0 is not allowed"),
     (["analysis.every_n_epochs=-1"], "analysis.every_n_epochs: -1 is not allowed"),
@@ -71,7 +71,10 @@ BAD_INPUTS = [  # (overrides, the start of the one line)
     (["optimizer._target_=torch.optim.Nope"], "optimizer._target_: cannot import"),
     (["optimizer.momentm=0.9"], "optimizer.momentm: unknown key"),
     (["+optimizer.momentm=0.9"], "optimizer.momentm: unknown key"),
-    (["+callbacks.x._target_=builtins.print", "+callbacks.x.colour=1"], "callbacks.x.colour: "),
+    (
+        ["+callbacks.x._target_=lightning.pytorch.callbacks.Timer", "+callbacks.x.colour=1"],
+        "callbacks.x.colour: unknown key",
+    ),
     (["resume_finished=maybe"], "resume_finished: 'maybe' is not allowed"),
     (["model.blocks=[1,"], "model.blocks=[1,: cannot parse this override"),
     (["model=tiny,deep"], "model=tiny,deep: a comma list sweeps only with -m"),
@@ -111,9 +114,11 @@ def bad_value(field: dataclasses.Field, pick: int) -> object | None:
     meta = field.metadata
     if "choices" in meta:
         return "[no-such-choice]" if field.type == list[str] else "no-such-choice"
-    if "ge" in meta or "gt" in meta:
-        low = meta.get("ge", meta.get("gt"))
-        return low - 1 if pick % 2 else low - 0.5 if "gt" in meta else low - 1
+    past = {"ge": (-1, -2), "gt": (0, -1), "le": (1, 2), "lt": (0, 1)}  # offsets past a bound
+    values = [meta[k] + d for k, offsets in past.items() if k in meta for d in offsets]
+    values = [v for v in values if v not in meta.get("also", ())]  # -1 may mean "no limit"
+    if values:
+        return values[pick % len(values)]
     if field.type in (int, float, int | None, float | None):
         return "abc"
     if field.type in (bool, bool | None):

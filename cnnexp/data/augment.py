@@ -12,25 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from torchvision.transforms import v2
-
-from cnnexp.config import ConfigError
-
-
-def transform_class(target: Any, where: str) -> type[v2.Transform]:
-    """The class `target` names; ConfigError unless it is a torchvision.transforms.v2 transform."""
-    try:
-        cls = get_object(str(target))
-    except Exception:  # hydra raises several types for a bad dotted path
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, v2.Transform)):
-        raise ConfigError(
-            f"{where}: {target!r} is not allowed (allowed: a transform class of "
-            "torchvision.transforms.v2, e.g. torchvision.transforms.v2.RandomCrop, "
-            "RandomHorizontalFlip, ColorJitter, RandAugment, RandomAffine)"
-        )
-    return cls
 
 
 def make_transform(spec: dict[str, Any]) -> v2.Transform:

@@ -8,6 +8,8 @@ checked in cnnexp/validate.py, which builds its transforms for real.)
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import torch
@@ -15,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnexp.config import ConfigError, check_settings, plain
 from cnnexp.data.shapes import SHAPES, check_pair_layout
-from cnnexp.data.sources import DATASETS, DataInfo
+from cnnexp.data.sources import DATASETS, DataInfo, free_memory
 from cnnexp.schema import DATA_SCHEMAS
 
 
@@ -46,9 +48,39 @@ def check(cfg: DictConfig) -> DataInfo:
     _check_placement(data)
     _check_fractions(data, info)
     _check_normalize(data["normalize"], info.input_shape[0])
+    _check_machine(data, info)
     return info
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _check_machine(data: dict, info: DataInfo) -> None:
+    """What this machine can hold and run: every worker is a process with its own copy of torch
+    (hundreds of MB), and a set held whole must fit into the memory free now."""
+    most = 2 * usable_cores()
+    _require(
+        data["num_workers"] <= most,
+        "num_workers",
+        data["num_workers"],
+        f"0..{most}, two per CPU core here",
+    )
+    source = DATASETS[data["name"]]
+    if source.streams and data["in_memory"] is not True:
+        return  # too large a set stays on disk (data.in_memory=auto)
+    size, free = info.n_images * math.prod(info.input_shape), free_memory()
+    if size > free:
+        key = "in_memory" if source.streams else next((k for k in SIZE_KEYS if k in data), "name")
+        raise ConfigError(
+            f"data.{key}: {data[key]} needs {size / 1e9:.1f} GB of uint8 images in memory, "
+            f"{free / 1e9:.1f} GB are free (allowed: a data set that fits"
+            + (", or false: read from disk per batch)" if source.streams else ")")
+        )
+
+
+SIZE_KEYS = ("n_samples", "image_size", "train_size")  # the first a data set has is named
 _SHAPE_TEXT = f"a list of 2+ distinct names from {', '.join(sorted(SHAPES))}"
 
 
@@ -71,6 +103,16 @@ def _check_placement(data: dict) -> None:
         _require(torch.cuda.is_available(), "device", "gpu", "auto or cpu: no CUDA device seen")
         on_disk = "auto or cpu with data.in_memory=false"
         _require(data["in_memory"] is not False, "device", "gpu", on_disk)
+
+
+def training_images(data: dict, info: DataInfo) -> int:
+    """How many images the training split holds (as cnnexp/data/splits.py cuts it)."""
+    n, val, test = info.n_images, data["val_fraction"], data["test_fraction"]
+    n_train = n - round(val * n) - (round(test * n) if test is not None else 0)
+    size = data["train_size"]
+    if size is None:
+        return n_train
+    return size if isinstance(size, int) else max(1, round(size * n_train))
 
 
 def _check_fractions(data: dict, info: DataInfo) -> None:

@@ -36,6 +36,11 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 NO_ACTIVATION = "none"  # a block's `activation: none`
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 Shape = tuple[int, int, int]  # C, H, W
+# Sane bounds, checked before any block is planned: 1000 blocks is ~3x ResNet-152's convs and
+# pools, and planning, tracing and drawing a net grow with its blocks (task=inspect of 500 takes
+# about a minute here); a YAML that nests deeper than 16 levels is a mistake, not a net.
+MAX_BLOCKS = 1000
+MAX_NESTING = 16
 
 
 @dataclass(frozen=True)
@@ -144,10 +149,52 @@ def plan_net(
 ) -> Plan:
     """Parse and check a whole block graph against the C×H×W input; ConfigError names the path."""
     ctx = _Context(activation, batch_norm, width)
+    count_blocks(raw_blocks, "model.blocks")
     nodes, shape = _plan_list(raw_blocks, "model.blocks", tuple(input_shape), ctx)
     if not any(isinstance(n.block, Conv) for n in _walk(nodes)):
         raise ConfigError("model.blocks: no conv block (a CNN needs at least one)")
     return Plan(nodes, tuple(input_shape), shape)
+
+
+def count_blocks(raw: Any, where: str, depth: int = 0) -> int:
+    """Blocks the list `raw` expands to (repeats multiplied out, branches included), counted
+    without expanding anything; ConfigError past MAX_BLOCKS or MAX_NESTING, naming the key.
+    What is not a valid block list counts 0 here: the planner says what is wrong with it."""
+    if depth > MAX_NESTING:
+        raise ConfigError(
+            f"{where}: blocks nested more than {MAX_NESTING} levels deep "
+            f"(allowed: at most {MAX_NESTING} levels of residual, parallel and repeat)"
+        )
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        return 0
+    total = 0
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        total += _count_block(item, at, depth)
+        if total > MAX_BLOCKS:
+            repeat = isinstance(item, Mapping) and "repeat" in item
+            what = f"{at}.repeat: {item['repeat']} makes" if repeat else f"{where}: these make"
+            raise ConfigError(
+                f"{what} the net at least {total:,} blocks long "
+                f"(allowed: at most {MAX_BLOCKS:,} blocks in all, repeats expanded)"
+            )
+    return total
+
+
+def _count_block(raw: Any, where: str, depth: int) -> int:
+    if not isinstance(raw, Mapping):
+        return 1
+    if "repeat" in raw:
+        times = raw["repeat"]
+        inner = count_blocks(raw.get("blocks"), f"{where}.blocks", depth + 1)
+        whole = isinstance(times, int) and not isinstance(times, bool) and times > 0
+        return inner * times if whole else inner
+    if "residual" in raw:
+        return 1 + count_blocks(raw["residual"], f"{where}.residual", depth + 1)
+    if "parallel" in raw and isinstance(raw["parallel"], Sequence):
+        branches = enumerate(raw["parallel"])
+        return 1 + sum(count_blocks(b, f"{where}.parallel[{i}]", depth + 1) for i, b in branches)
+    return 1
 
 
 def _plan_list(raw: Any, where: str, shape: Shape, ctx: _Context) -> tuple[list[Node], Shape]:

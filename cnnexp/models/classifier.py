@@ -16,6 +16,9 @@ from cnnexp.config import ConfigError, plain
 NAN_CHECK_EVERY = 50  # training steps between non-finite loss checks on a GPU
 RUN_ID_KEY = "mlflow_run_id"  # where a checkpoint keeps the MLflow run it belongs to
 INFERENCE_KEY = "cnnexp_inference"  # what applying the net needs (inference_facts), plain data
+METRICS = ("loss", "acc")  # logged per stage: train_loss, val_acc, test_acc, ...
+MONITORED = tuple(f"{stage}_{m}" for stage in ("train", "val") for m in METRICS)  # what a
+# ModelCheckpoint or EarlyStopping can watch (the others are logged to MLflow only)
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler] | None
 
@@ -144,7 +147,7 @@ class Classifier(L.LightningModule):
         if self.logger is None:
             return
         done = self.trainer.callback_metrics
-        names = [f"{s}_{m}" for s in stages for m in ("loss", "acc")]
+        names = [f"{s}_{m}" for s in stages for m in METRICS]
         self.logger.log_metrics({n: float(done[n]) for n in names if n in done}, step=step)
 
     def configure_optimizers(self):
