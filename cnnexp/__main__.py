@@ -11,14 +11,12 @@ import sys
 
 import hydra
 import hydra._internal.utils as hydra_internals
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cnnexp import schema, sweeps
 from cnnexp.config import config_dir
-from cnnexp.errors import one_line
+from cnnexp.errors import exit_code, one_line
 
-log = logging.getLogger("cnnexp")
 schema.register()
 
 
@@ -32,7 +30,7 @@ def report_errors(func):
         if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # a bug: the traceback
         print(f"cnnexp: error: {line}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exit_code(err))
 
 
 hydra_internals.run_and_report = report_errors
@@ -72,19 +70,17 @@ def main(cfg: DictConfig) -> float | None:
         line = one_line(err)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (line or sweeps.in_multirun()):
             raise  # a bug in a single run: the traceback
-        if line is not None:
-            print(f"cnnexp: error: {line}", file=sys.stderr)
         if not sweeps.in_multirun():
-            sys.exit(2)  # before Hydra's own "Error executing job" line
-        if line is None:  # its MLflow run is FAILED already; the traceback goes to the job's log
-            log.exception("job %s failed; the sweep goes on", HydraConfig.get().job.num)
-        sweeps.record_failure(err)
+            print(f"cnnexp: error: {line}", file=sys.stderr)
+            sys.exit(exit_code(err))  # before Hydra's own "Error executing job" line
+        sweeps.record_failure(err)  # one line per failed job when the sweep ends (report_jobs)
         return None  # Optuna marks the trial FAIL (no float) and asks for the next
 
 
 def cli() -> None:
     """The `cnnexp` console command and `python -m cnnexp`: Hydra's main, then (multirun) what
     became of each job, and the exit code that says so."""
+    logging.raiseExceptions = False  # a log file on a full disk: no traceback per log line
     try:
         main()
     finally:  # also when a sweeper gives up (Optuna) or Ctrl-C stops a job of a sweep

@@ -1,14 +1,19 @@
-"""Every user mistake as one line `<key>: <what was wrong> (allowed: …)`.
+"""Every user mistake as one line `<key>: <what was wrong> (allowed: …)`, every run stopped from
+outside (a diverged loss, a full disk, a tracking server gone) as one line saying how to go on.
 
-`one_line(err)` turns our ConfigError and what Hydra, OmegaConf and the OS raise while composing
-the config or creating the job's output folder into that line; anything else is a bug (None).
+`one_line(err)` turns our ConfigError and RunStopped, and what Hydra, OmegaConf and the OS raise
+while composing the config or creating the job's output folder, into that line; anything else is
+a bug (None). `exit_code(err)`: 2 for a mistake in the input, 1 for a run that stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import re
+import shutil
 import traceback
+from pathlib import Path
 
 from hydra.errors import MissingConfigException, OverrideParseException, SearchPathException
 from omegaconf import ListConfig, OmegaConf
@@ -17,12 +22,26 @@ from omegaconf.errors import OmegaConfBaseException
 from cnnexp.config import ConfigError, unknown_key
 
 _TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "bool": "true or false"}
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NO_SPACE_TEXTS = ("No space left on device", "database or disk is full", "file write failed")
+
+
+class RunStopped(Exception):
+    """A run stopped by something outside the code and the config (a diverged loss, a full
+    disk, a tracking server that stopped answering): str() is the one line, saying what became
+    of the run and how to continue it."""
+
+
+class DiskFull(RunStopped):
+    """A write found no space left on its device."""
 
 
 def one_line(err: BaseException) -> str | None:
-    """The one line for a user mistake, or None when `err` is not one."""
-    if isinstance(err, ConfigError):
+    """The one line for a user mistake or a stopped run, or None when `err` is neither."""
+    if isinstance(err, ConfigError | RunStopped):
         return str(err)
+    if isinstance(err, RecursionError):
+        return _recursion_line(err)
     if isinstance(err, OverrideParseException):
         return f"{err.override}: cannot parse this override ({first_line(err.message)})"
     if isinstance(err, MissingConfigException):
@@ -43,6 +62,64 @@ def one_line(err: BaseException) -> str | None:
     if isinstance(err, OSError) and err.filename:  # Hydra creating the job's output folder
         return f"paths.output_dir: cannot create {err.filename} ({err.strerror})"
     return _override_line(err)
+
+
+def exit_code(err: BaseException) -> int:
+    """The exit code of an error that has one line: 1 for a stopped run, 2 for bad input."""
+    return 1 if isinstance(err, RunStopped) else 2
+
+
+def no_space(err: BaseException) -> str | None:
+    """'' or the file named when `err` (or what caused it) says a write found no space left on
+    its device (the OS, sqlite or torch's checkpoint writer); None when it says nothing of it."""
+    cause = err
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in NO_SPACE_ERRNOS:
+            return str(cause.filename2 or cause.filename or "")  # a copy's target is filename2
+        cause = cause.__cause__ or cause.__context__
+    return "" if any(says(err, text) for text in NO_SPACE_TEXTS) else None
+
+
+def says(err: BaseException, text: str) -> bool:
+    """Whether `err` or what caused it has `text` in its message."""
+    while err is not None:
+        if text in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def free_space(path: Path) -> str:
+    """'<n> free of <size>' of the file system `path` (or its nearest existing parent) is on."""
+    path = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    usage = shutil.disk_usage(path)
+    return f"{_size(usage.free)} free of {_size(usage.total)}"
+
+
+def _size(n: int) -> str:
+    """Bytes in the largest unit that keeps a whole number: 512 KB, 75 GB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 * 10 or unit == "GB":
+            return f"{n:,.0f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _recursion_line(err: RecursionError) -> str | None:
+    """A config file that contains itself (a YAML alias inside its own anchor, `&b [*b]`)
+    recurses without end while Hydra loads it: the line names the file."""
+    loading = [  # Hydra's repository, then the file source, which knows the file's full path
+        frame.f_locals.get("full_path") or frame.f_locals.get("config_path")
+        for frame, _ in traceback.walk_tb(err.__traceback__)
+        if frame.f_code.co_name == "load_config"
+    ]
+    if not any(loading):
+        return None
+    return (
+        f"{[p for p in loading if p][-1]}: this config nests itself without end (a YAML alias "
+        "inside its own anchor?) (allowed: a config that ends: write the repeated part out, "
+        "or use `repeat:` for blocks)"
+    )
 
 
 def _override_line(err: BaseException) -> str | None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pickle
+import signal
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 MUST_MATCH = ("model.", "data.", "optimizer._target_")  # what a resumed run may not change
 MAY_CHANGE = tuple(f"model.{f.name}" for f in dataclasses.fields(NetSpeedConf))  # how it runs
 LATEST = "latest.ckpt"
+TESTED = "test_acc"  # the metric a run records once its test ran
 
 
 class LatestCheckpoint(Checkpoint):
@@ -68,15 +70,57 @@ class LatestCheckpoint(Checkpoint):
 
 class TrainingStarted(L.Callback):
     """Knows whether training began (weights, optimizer and epoch restored, first batch next)
-    and then calls `on_start` (a resumed run goes back to RUNNING only now: a resume that
-    cannot start leaves the run as it was)."""
+    or, for a run whose epochs were all trained, its test began; then calls `on_start` (a
+    resumed run goes back to RUNNING only now: a resume that cannot start leaves the run as it
+    was)."""
 
     def __init__(self, on_start: Callable[[], None] = lambda: None) -> None:
         self.started, self.on_start = False, on_start
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.started = True
-        self.on_start()
+        self._start()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.on_start()
+
+
+class StopOnSigterm(L.Callback):
+    """SIGTERM stops a recorded run wherever it lands, as Ctrl-C does: inside the training loop
+    Lightning stops at the next batch itself (LatestCheckpoint keeps the state; this handler,
+    which Lightning calls after its own, leaves it to Lightning); anywhere else (setup, between
+    the last epoch and the test, the test, what is recorded after it) SystemExit(143) at once,
+    where Python's default would end the process and leave its run RUNNING. Use it as a
+    context manager around the run (main thread only) and as one of the Trainer's callbacks."""
+
+    def __init__(self) -> None:
+        self.training, self.previous = False, None
+
+    def __enter__(self) -> StopOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._stop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if not self.training:
+            raise SystemExit(128 + signum)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.training = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.training = False
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, error: BaseException):
+        self.training = False
 
 
 @dataclass(frozen=True)
@@ -92,7 +136,8 @@ def read_checkpoint(path: Path) -> dict:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001  (any file: the unpickler raises what its bytes make
+        # it raise, IndexError and KeyError included)
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         refused = [line for line in lines if line.startswith("Unsupported")]  # torch's reason
         why = (refused or lines or [type(err).__name__])[0][:200]
@@ -125,12 +170,21 @@ def locate(cfg: DictConfig, client: MlflowClient) -> Resume:
             )
     _check_same_config(run, cfg)
     trained = epochs_trained(state)
-    if cfg.trainer.max_epochs is not None and 0 <= cfg.trainer.max_epochs <= trained:
+    epochs = cfg.trainer.max_epochs  # None or -1: no limit
+    if not only_test_left(run, trained) and epochs is not None and 0 <= epochs <= trained:
         raise ConfigError(
             f"trainer.max_epochs: run {run_id} has trained {trained} epoch(s) already "
             f"(allowed: more than {trained} to train further)"
         )
     return Resume(run_id, str(ckpt.resolve()), run.info.status)
+
+
+def only_test_left(run: Run, trained: int) -> bool:
+    """The run trained every epoch it was started with and stopped before its test (SIGTERM
+    there): resuming it runs the test."""
+    planned = run.data.params.get("trainer.max_epochs", "")
+    whole = planned.isdigit() and int(planned) <= trained
+    return whole and TESTED not in run.data.metrics
 
 
 def find_run(client: MlflowClient, value: str) -> tuple[Run, Path | None]:

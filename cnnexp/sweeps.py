@@ -10,6 +10,7 @@ the sweep: finished, killed (with its resume command), failed or not started (ex
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cnnexp.errors import one_line, resume_hint
+from cnnexp.errors import exit_code, one_line, resume_hint
 
 SWEEP_TAG = "sweep_id"  # run tag: the same value on every job of one multirun
 JOBS_DIR = "jobs"  # in the sweep dir: <job number>.json, the job's state
@@ -49,7 +50,7 @@ def _write(folder: Path, name: str, record: Any) -> None:
     os.replace(part, folder / name)  # readers never see half a record
 
 
-def _record(state: str, detail: str = "", bad_input: bool = False) -> None:
+def _record(state: str, detail: str = "", bad_input: bool = False, logs: list = ()) -> None:
     """This job's state, in the sweep dir where the launching process finds it."""
     hydra = HydraConfig.get()
     record = {
@@ -59,14 +60,30 @@ def _record(state: str, detail: str = "", bad_input: bool = False) -> None:
         "detail": detail,
         "bad_input": bad_input,
         "output_dir": hydra.runtime.output_dir,
+        "logs": list(logs),  # where a bug's traceback went
     }
     _write(Path(hydra.sweep.dir, JOBS_DIR), f"{hydra.job.num}.json", record)
 
 
 def record_failure(err: Exception) -> None:
+    """A job that failed: its one line, or for a bug the error's first line, with its
+    traceback written to the job's log file only (the console keeps one line per job)."""
     line = one_line(err)
     detail = line or f"{type(err).__name__}: {err}".splitlines()[0][:500]
-    _record("failed", detail, bad_input=line is not None)
+    logs = [] if line else _log_files(f"job {HydraConfig.get().job.num} failed", err)
+    _record("failed", detail, bad_input=line is not None and exit_code(err) == 2, logs=logs)
+
+
+def _log_files(message: str, err: Exception) -> list[str]:
+    """Write `message` and err's traceback to the log files of this job (Hydra's FileHandler
+    on the root logger), not to the console; return their paths."""
+    logger = logging.getLogger("cnnexp")
+    exc_info = (type(err), err, err.__traceback__)
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, (), exc_info)
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for handler in files:
+        handler.handle(record)
+    return [h.baseFilename for h in files]
 
 
 def record_killed(run_id: str) -> None:
@@ -129,9 +146,10 @@ def report_jobs() -> int:
         return 128 + signal.SIGINT
     failed = [r for r in records.values() if r["state"] == "failed"]
     for r in sorted(failed, key=lambda r: r["job"]):
+        traceback = f"; traceback: {', '.join(r['logs'])}" if r.get("logs") else ""
         print(
             f"cnnexp: error: job {r['job']} failed: {r['detail']} "
-            f"(overrides: {' '.join(r['overrides'])}; outputs: {r['output_dir']})",
+            f"(overrides: {' '.join(r['overrides'])}; outputs: {r['output_dir']}{traceback})",
             file=sys.stderr,
         )
     if not failed:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import pydoc
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from omegaconf import DictConfig
@@ -80,17 +80,19 @@ def target_class(target: Any, key: str, section: str) -> type:
     return found
 
 
-def check_arguments(section: DictConfig, where: str, given_by_code: tuple[str, ...] = ()) -> type:
+def check_arguments(
+    section: DictConfig | Mapping, where: str, given_by_code: tuple[str, ...] = ()
+) -> type:
     """A section `{_target_: Class, its arguments}` whose target `check_targets` allowed: the
     other keys must be arguments of the class's signature. Returns the class."""
-    spec = plain(section)
-    if not isinstance(spec, dict) or TARGET not in spec:
+    if not isinstance(section, DictConfig | Mapping) or TARGET not in section:
+        shown = plain(section)
         raise ConfigError(
-            f"{where}: {spec!r} is not allowed (allowed: {{_target_: a.dotted.Name, ...}})"
+            f"{where}: {shown!r} is not allowed (allowed: {{_target_: a.dotted.Name, ...}})"
         )
-    cls = pydoc.locate(spec[TARGET])
+    cls = pydoc.locate(section[TARGET])
     params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        arguments = {k: v for k, v in spec.items() if not k.startswith("_")}
+        arguments = [k for k in section if not str(k).startswith("_")]  # values unresolved
         check_mapping(arguments, where, set(params) - set(given_by_code))
     return cls

@@ -22,7 +22,7 @@ from cnnexp.errors import resume_hint
 from cnnexp.layers import net_table
 from cnnexp.models.facts import flops_per_image, measure_throughput, n_params
 from cnnexp.report.explorer import log_explorer
-from cnnexp.resume import LatestCheckpoint, TrainingStarted, locate, reopen
+from cnnexp.resume import LatestCheckpoint, StopOnSigterm, TrainingStarted, locate, reopen
 from cnnexp.tracking.dashboard import add_run_images
 from cnnexp.tracking.logger import RunLogger
 from cnnexp.tracking.mlflow_run import Trained
@@ -103,9 +103,14 @@ def train_run(cfg: DictConfig) -> Trained:
     started = TrainingStarted(lambda: reopen(client, resume, cfg, out) if resume else None)
     hint = resume_hint(run_id)
     facts = {"n_params": n_params(net), "flops_per_image": flops_per_image(net, dm.input_shape)}
-    with tracking.run_status(client, run_id, cfg, hint, lambda: started.started or not resume):
+    began = lambda: started.started or not resume  # noqa: E731
+    with (
+        StopOnSigterm() as sigterm,
+        tracking.run_status(client, run_id, cfg, hint, began, out),
+    ):
         logger = RunLogger(uri, run_id, resumed=resume is not None)
-        callbacks += [started, *build_callbacks(cfg.analysis, dm, resumed=resume is not None)]
+        analysis = build_callbacks(cfg.analysis, dm, resumed=resume is not None)
+        callbacks += [started, sigterm, *analysis]
         trainer = make_trainer(cfg, logger, out, callbacks)
         logger.log_metrics(facts, step=0)
         if not resume:

@@ -42,6 +42,20 @@ class PauseAt(L.Callback):
             time.sleep(0.05)  # Lightning's SIGTERM handler sets the flag, then stops the loop
 
 
+class PauseBeforeTest(L.Callback):
+    """After the last epoch, once fit ends (the test not yet begun), write the file `marker` and
+    wait until `<marker>.go` appears or a signal ends the wait (Lightning's SIGTERM handler
+    only sets a flag)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = Path(marker)
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.marker.write_text(str(os.getpid()))
+        while not (self.marker.with_suffix(".go").exists() or trainer.received_sigterm):
+            time.sleep(0.05)
+
+
 class StopAtEpoch(L.Callback):
     """Stop inside epoch `epoch` (at batch 2) as SIGTERM would: Lightning's SIGTERMException."""
 

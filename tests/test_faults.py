@@ -35,11 +35,15 @@ def pause_at(marker: Path, epoch: int = 1) -> list[str]:
     ]
 
 
-def start_paused(out: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
-    """A 4-epoch run in a subprocess, returned once it waits inside epoch 1 (marker written)."""
+def start_paused(
+    out: Path, *extra: str, env: dict | None = None, pause: list[str] | None = None
+) -> tuple[subprocess.Popen, Path]:
+    """A 4-epoch run in a subprocess, returned once it waits inside epoch 1 (marker written),
+    or where the callback `pause` (given the marker) waits."""
     marker = out.parent / "paused"
+    pause = pause or pause_at(marker)
     cmd = [sys.executable, "-m", "cnnexp", f"paths.output_dir={out}", *TINY]
-    cmd += ["trainer.max_epochs=4", *pause_at(marker), *extra]
+    cmd += ["trainer.max_epochs=4", *[p.replace("MARKER", str(marker)) for p in pause], *extra]
     base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # MLflow sets it
     proc = subprocess.Popen(  # in-process (mlflow.set_tracking_uri): this run has its own store
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -65,7 +69,7 @@ def assert_each_epoch_once(out: Path, run_id: str, epochs: int) -> None:
 
 def test_absurd_learning_rate_stops_the_run_failed_with_the_reason(out) -> None:
     result = run_cli(*TINY, "optimizer=sgd", "optimizer.lr=1e12", "trainer.max_epochs=3", out=out)
-    assert result.returncode == 2
+    assert result.returncode == 1  # a run that stopped, not bad input
     [line] = [x for x in result.stderr.splitlines() if x.startswith("cnnexp: error:")]
     assert "optimizer.lr: training diverged, loss nan" in line
     [run] = all_runs(out)
@@ -105,6 +109,33 @@ def test_interrupted_run_is_killed_with_its_latest_state_and_resumes_into_the_sa
     assert run.data.tags["resumed_from"] == str(ckpt.resolve())
     assert_each_epoch_once(out, run_id, 4)
     assert "test_acc" in run.data.metrics and "fit_diagnosis" in run.data.tags
+
+
+@pytest.mark.slow
+def test_sigterm_between_the_last_epoch_and_the_test_is_killed_and_the_resume_tests(out) -> None:
+    pause = [
+        "+callbacks.pause._target_=tests.helpers.PauseBeforeTest",
+        "+callbacks.pause.marker=MARKER",
+    ]
+    proc, _ = start_paused(out, pause=pause)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
+    [run] = all_runs(out)
+    run_id = run.info.run_id
+    assert run.info.status == "KILLED" and "test_acc" not in run.data.metrics
+    [line] = [x for x in output.splitlines() if "interrupted: marked KILLED" in x]
+    assert f"resume={run_id}" in line and "Traceback" not in output
+
+    result = run_cli(*TINY, "trainer.max_epochs=4", f"resume={run_id}", out=out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [run] = all_runs(out)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert steps(out, run_id, "test_acc") == [4]  # the resume tested the 4 trained epochs
+    assert_each_epoch_once(out, run_id, 4)  # and trained none again
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ CLI cases also exit 2 with nothing else on stderr.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from cnnexp.errors import one_line
+from cnnexp.evaluate import predict
 from cnnexp.train import train
 from tests.conftest import FAST, compose_job_cfg, run_cli
 
@@ -54,9 +56,11 @@ SMUGGLED = [  # (overrides with MAKEDIRS somewhere, the key the line names)
 ]
 
 
-def line_for(overrides: list[str], out: Path, blocks: list | None = None) -> str:
+def line_for(
+    overrides: list[str], out: Path, blocks: list | None = None, store: bool = False
+) -> str:
     """The one line a training with these overrides (and `blocks` as model.blocks) stops with,
-    in-process, as the CLI runs it."""
+    in-process, as the CLI runs it; no store is opened unless `store` (resume= needs one)."""
     cfg = compose_job_cfg(out, *TINY, *overrides)
     if blocks is not None:
         cfg.model.blocks = blocks
@@ -65,7 +69,7 @@ def line_for(overrides: list[str], out: Path, blocks: list | None = None) -> str
     except Exception as err:  # noqa: BLE001  (what the CLI would catch)
         line = one_line(err)
         assert line is not None, f"a traceback, not one line: {type(err).__name__}: {err}"
-        assert not (out / "mlflow.db").exists(), "a store was opened"
+        assert store or not (out / "mlflow.db").exists(), "a store was opened"
         return line
     raise AssertionError(f"{overrides} was accepted")
 
@@ -198,8 +202,6 @@ def crafted_checkpoint(path: Path, change: dict) -> Path:
 
 @pytest.mark.parametrize(("change", "message"), CRAFTED)
 def test_a_crafted_checkpoint_is_one_line_for_predict(change, message, tmp_path, out) -> None:
-    from cnnexp.evaluate import predict
-
     ckpt = crafted_checkpoint(tmp_path / "crafted.ckpt", change)
     image = tmp_path / "digit.png"
     cv2.imwrite(str(image), np.zeros((8, 8), np.uint8))
@@ -220,3 +222,40 @@ def test_smuggled_code_on_the_command_line_exits_2_and_runs_nothing(out, tmp_pat
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"cnnexp: error: {SMUGGLED[0][1]}"), line
     assert not marker.exists() and not (out / "mlflow.db").exists()
+
+
+def test_a_file_that_is_no_sqlite_store_is_one_line(out, tmp_path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(bytes(range(256)) * 20)
+    line = line_for([f"logger.tracking_uri=sqlite:///{garbage}"], out)
+    assert line == (
+        f"logger.tracking_uri: cannot use MLflow store sqlite:///{garbage} "
+        "((sqlite3.DatabaseError) file is not a database)"
+    )
+
+
+@pytest.mark.parametrize("task", ["train", "predict"])
+def test_resume_of_a_file_that_is_no_checkpoint_is_one_line(task, out, tmp_path) -> None:
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    relative = os.path.relpath(text, Path.cwd())  # as `resume=../../../etc/passwd` reaches it
+    if task == "train":
+        line = line_for([f"resume={relative}"], out, store=True)
+    else:
+        cfg = compose_job_cfg(out, "task=predict", f"resume={relative}", f"predict.path={text}")
+        with pytest.raises(Exception) as caught:
+            predict(cfg)
+        line = one_line(caught.value)
+    assert line is not None and line.startswith(f"resume: {relative} is not a checkpoint"), line
+
+
+@pytest.mark.slow
+def test_a_config_that_contains_itself_is_one_line(out, tmp_path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "loop.yaml").write_text(
+        "defaults: [_cnn, _self_]\nname: loop\nblocks: &b\n  - residual: *b\n"
+    )
+    result = run_cli(f"--config-dir={tmp_path}", "model=loop", "data=digits", out=out)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"cnnexp: error: {tmp_path}/model/loop.yaml: this config nests itself")

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from cnnexp.config import ConfigError, plain
+from cnnexp.config import plain
+from cnnexp.errors import RunStopped
 
 NAN_CHECK_EVERY = 50  # training steps between non-finite loss checks on a GPU
 RUN_ID_KEY = "mlflow_run_id"  # where a checkpoint keeps the MLflow run it belongs to
@@ -47,7 +48,7 @@ def inference_facts(model: Any, data: TrainedOn) -> dict[str, Any]:
     }
 
 
-class TrainingDiverged(ConfigError):
+class TrainingDiverged(RunStopped):
     """The training loss became NaN or infinite: almost always a too large learning rate."""
 
 

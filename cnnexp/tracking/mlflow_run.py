@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import ssl
 import urllib.error
 import urllib.request
@@ -19,9 +20,11 @@ from mlflow.entities import Experiment, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from sqlalchemy.exc import SQLAlchemyError
 
 from cnnexp import schema, sweeps
 from cnnexp.config import ConfigError
+from cnnexp.errors import DiskFull, RunStopped, free_space, no_space, says
 from cnnexp.tracking.dashboard import (
     VIEW_TAG,
     publish_dashboard,
@@ -136,7 +139,7 @@ def ensure_experiment(cfg: DictConfig) -> tuple[str, str]:
         db = Path(uri.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(f"{db}.lock")  # parallel jobs, new store: one creates the tables at a time
-    try:
+    with store_errors(uri):
         with lock:
             client = MlflowClient(tracking_uri=uri)
             experiment = _experiment(
@@ -151,10 +154,21 @@ def ensure_experiment(cfg: DictConfig) -> tuple[str, str]:
             log.warning(
                 "run %s: its process died; marked FAILED (tag error says how to resume)", run_id
             )
-        return uri, experiment.experiment_id
-    except MlflowException as err:
+    return uri, experiment.experiment_id
+
+
+@contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """What the store raises while the block opens it or writes to it (not an MLflow store, a
+    file that is no database, a full disk) as one ConfigError line naming the setting."""
+    try:
+        yield
+    except (MlflowException, SQLAlchemyError, sqlite3.Error) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if uri.startswith("sqlite:///") and no_space(err) is not None:
+            reason = f"{reason}; {free_space(Path(uri.removeprefix('sqlite:///')))}"
         raise ConfigError(
-            f"{key}: cannot use MLflow store {uri} ({str(err).splitlines()[0][:200]})"
+            f"{tracking_uri_key()}: cannot use MLflow store {uri} ({reason})"
         ) from None
 
 
@@ -219,11 +233,14 @@ def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
 
 
 def open_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, out: Path) -> str:
-    """A new RUNNING run tagged with its config's facts and this process; its config logged."""
+    """A new RUNNING run tagged with its config's facts and this process; its config logged.
+    A store that cannot take it is one line (a run half written stays RUNNING until the next
+    command finds this process gone)."""
     tags = run_tags(cfg, out) | process_tags()
-    run_id = client.create_run(experiment_id, run_name=cfg.logger.run_name, tags=tags).info.run_id
-    log_config(client, run_id, cfg)
-    return run_id
+    with store_errors(resolve_tracking_uri(cfg)):
+        created = client.create_run(experiment_id, run_name=cfg.logger.run_name, tags=tags)
+        log_config(client, created.info.run_id, cfg)
+    return created.info.run_id
 
 
 def open_store(uri: str, stale_after_s: float) -> MlflowClient:
@@ -235,11 +252,12 @@ def open_store(uri: str, stale_after_s: float) -> MlflowClient:
         raise ConfigError(f"{key}: no MLflow store at {uri} (train runs into it first)")
     check_server_reachable(uri, key)
     client = MlflowClient(tracking_uri=uri)
-    reap_dead_runs(client, stale_after_s)
+    with store_errors(uri):
+        reap_dead_runs(client, stale_after_s)
     return client
 
 
-class TrackingUnavailable(ConfigError):
+class TrackingUnavailable(RunStopped):
     """The tracking server stopped answering mid-run: training stopped with a checkpoint."""
 
 
@@ -250,12 +268,14 @@ def run_status(
     cfg: DictConfig,
     on_interrupt: str = "",
     started: Callable[[], bool] = lambda: True,
+    out: Path | None = None,
 ) -> Iterator[None]:
     """While the block runs the run has a heartbeat; then it ends FINISHED, FAILED (error text
     as tag `error`) or KILLED (Ctrl-C / SIGTERM, then `on_interrupt` is printed: how to
     continue). Until `started()` (training began) an error leaves the run as it was: a resume
     that cannot start changes nothing. A tracking outage writes nothing more (the server is
-    gone) and becomes TrackingUnavailable, whose line says how to continue."""
+    gone) and becomes TrackingUnavailable, a full disk (under `out` or the store) DiskFull:
+    each one line saying how to continue."""
     uri = resolve_tracking_uri(cfg)
     try:
         with Heartbeat(client, run_id, cfg.logger.heartbeat_s):
@@ -276,7 +296,48 @@ def run_status(
             if isinstance(err, SystemExit) and not err.code:  # SIGTERM: exit as killed by it
                 raise SystemExit(128 + signal.SIGTERM) from err
             raise
-        client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        ended = _end_failed(client, run_id, f"{type(err).__name__}: {err}")
+        written = no_space(err)
+        if written is not None:
+            raise DiskFull(
+                _disk_full_line(err, written, uri, out, run_id, ended, on_interrupt)
+            ) from err
         raise
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _end_failed(client: MlflowClient, run_id: str, error: str) -> bool:
+    """Mark the run FAILED with its error; False when the store cannot take it (it is full):
+    the run stays RUNNING until the next cnnexp command finds its process gone (liveness)."""
+    try:
+        client.set_tag(run_id, "error", error[:5000])
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    except MlflowException:
+        return False
+    return True
+
+
+def _disk_full_line(
+    err: BaseException,
+    written: str,
+    uri: str,
+    out: Path | None,
+    run_id: str,
+    ended: bool,
+    on_interrupt: str,
+) -> str:
+    """Which setting's disk is full, how much is free there, what became of the run."""
+    store = uri.startswith("sqlite:///") and says(err, "database or disk is full")
+    if store:
+        key, path = tracking_uri_key(), Path(uri.removeprefix("sqlite:///"))
+    else:
+        key, path = "paths.output_dir", Path(written or out or ".")
+    state = (
+        f"run {run_id} is FAILED"
+        if ended
+        else f"run {run_id} stays RUNNING until the next cnnexp command marks it FAILED"
+    )
+    return (
+        f"{key}: no space left on the device of {path} ({free_space(path)}); {state}; "
+        f"once there is room, {on_interrupt}"
+    )
