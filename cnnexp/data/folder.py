@@ -1,12 +1,27 @@
 """data=image_folder: a folder of image files decoded and resized once into a uint8 cache file.
 
 The cache (`data.cache_dir`/<digest of the folder, size and channels>/: images.u8, rows of
-C×S×S bytes, and meta.json)
-is reused by every later run while the folder's files are unchanged (same names, sizes and
-modification times); any change decodes the folder again. Decoding runs in `data.num_workers`
-loader processes with torchvision.io (PNG, JPEG, GIF, WebP; PIL for the other formats), resized
-with torchvision's antialiased bilinear resize. The rows are then loaded into memory, or read
-from the file batch by batch (`data.in_memory`).
+C×S×S bytes, and meta.json) is reused by every later run while the folder's files are unchanged
+(same names, sizes and modification times) and the cache is whole (meta.json parses and names
+those files, images.u8 holds exactly rows × C×S×S bytes); otherwise the folder is decoded again.
+Decoding runs in `data.num_workers` loader processes. The rows are then loaded into memory, or
+read from the file batch by batch (`data.in_memory`).
+
+How a file becomes uint8 C×S×S, the same for the cache and for task=predict (`decode`): PIL
+reads every format (one decoder, so a file's pixels never depend on which library its format
+went to; the first frame of an animation; EXIF orientation is not applied), then one rule:
+- 16-bit samples keep their high byte (v >> 8: torchvision's to_dtype(scale=True) rule, and how
+  PIL itself reads 16-bit colour PNGs); 1-bit pixels are 0 or 255; 32-bit integer grey (PIL mode
+  I) is taken as 16-bit and refused outside 0..65535; float pixels (mode F) are refused, as no
+  scale to 8 bits is defined for them.
+- a palette is expanded to its colours; alpha (a channel, or a palette's transparency) is
+  dropped, not composited: a transparent pixel keeps the colour stored under it.
+- other colour modes (CMYK, YCbCr, LAB, HSV) become RGB by PIL's conversion.
+- colour to grey (channels=1): ITU-R 601-2 luma, L = (19595 R + 38470 G + 7471 B + 2^15) >> 16,
+  i.e. 0.299 R + 0.587 G + 0.114 B rounded (PIL's convert("L")); grey to colour (channels=3): the
+  grey repeated in R, G and B.
+- resized to S×S with torchvision's antialiased bilinear resize of the uint8 pixels, when the
+  file's size differs.
 """
 
 from __future__ import annotations
@@ -25,31 +40,51 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from cnnexp.config import ConfigError
 from cnnexp.data.images import RowFile
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1  # bump when the bytes a file decodes to change
-DECODED_BY_TORCHVISION = {".png", ".jpg", ".jpeg", ".gif", ".webp"}
+CACHE_FORMAT = 2  # bump when the bytes a file decodes to change (2: PIL and the one rule)
+EIGHT_BIT = {"1", "L", "LA", "RGB"}  # PIL's own convert to L or RGB is the rule for these
+WIDE_GREY = {"I;16", "I;16B", "I;16L", "I;16N", "I"}  # PIL's modes for 16-bit grey files
+# What PIL raises on a file it cannot decode (found by truncating and corrupting files of every
+# format); UnidentifiedImageError is an OSError, DecompressionBombError is not.
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 DECODE_BATCH = 256
 
 
 def read_image(file: str | Path, channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """One image file as uint8 C×H×W at `size` (H, W); OSError or RuntimeError if unreadable."""
-    file = Path(file)
-    if file.suffix.lower() in DECODED_BY_TORCHVISION:
-        mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-        image = decode_image(str(file), mode=mode)
-    else:
-        with Image.open(file) as img:
-            pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"))
-        image = torch.from_numpy(pixels.reshape(*pixels.shape[:2], channels)).permute(2, 0, 1)
+    """One image file as uint8 C×H×W at `size` (H, W), by the module's rule; an UNREADABLE error
+    if it cannot be."""
+    with Image.open(file) as img:
+        pixels = eight_bit(img, channels)
+    image = torch.from_numpy(pixels).permute(2, 0, 1)
     if tuple(image.shape[1:]) != tuple(size):
         image = TF.resize(image, list(size), antialias=True)
     return image.contiguous()
+
+
+def eight_bit(img: Image.Image, channels: int) -> np.ndarray:
+    """A PIL image as uint8 H×W×`channels` (the module's rule)."""
+    if img.mode in WIDE_GREY:
+        img = Image.fromarray(high_byte(np.asarray(img)))
+    elif img.mode == "F":
+        raise ValueError("32-bit float pixels, which have no defined scale to 8 bits")
+    elif img.mode not in EIGHT_BIT:
+        img.info.pop("transparency", None)  # dropped with alpha (PIL warns if it is kept)
+        img = img.convert("RGB")
+    img = img.convert("L" if channels == 1 else "RGB")
+    return np.array(img).reshape(img.height, img.width, channels)  # a copy torch may write to
+
+
+def high_byte(samples: np.ndarray) -> np.ndarray:
+    """16-bit grey samples as 8 bits: v >> 8. Mode I holds int32, so its range is checked."""
+    low, high = int(samples.min()), int(samples.max())
+    if low < 0 or high > 0xFFFF:
+        raise ValueError(f"32-bit integer pixels {low}..{high}, outside the 16-bit 0..65535")
+    return (samples >> 8).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -90,13 +125,11 @@ class _Decoded(Dataset):
 
 
 def decode(file: Path, channels: int, size: tuple[int, int]) -> torch.Tensor | str:
-    """`read_image`, or why the file cannot be read (a short text)."""
+    """`read_image`, or why the file cannot be read (a short text, one line)."""
     try:
         return read_image(file, channels, size)
-    except OSError as err:  # PIL's UnidentifiedImageError is one
-        return str(err)
-    except RuntimeError:  # torchvision's decoders: a long message naming their C++ source
-        return f"not a readable {Path(file).suffix} image"
+    except UNREADABLE as err:
+        return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def decode_into(
@@ -117,7 +150,7 @@ def cached_rows(
     path: str, image_size: int, channels: int, cache_dir: str, num_workers: int
 ) -> tuple[RowFile, torch.Tensor, list[str]]:
     """(the folder's images as a RowFile in the cache, labels, class names); decodes the folder
-    only when the cache does not match its files."""
+    only when the cache does not match its files or is not whole."""
     listing = list_folder(path)
     shape = (channels, image_size, image_size)
     key = f"{Path(path).resolve()} {image_size} {channels}"  # each size has its own cache
@@ -128,8 +161,8 @@ def cached_rows(
     fingerprint = listing.fingerprint(image_size, channels)
     with (where / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel jobs of a sweep decode once
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        if meta.get("fingerprint") == fingerprint:
+        why = cache_problem(rows, meta_file, fingerprint)
+        if why is None:
             log.info("data image_folder: cache %s matches the folder; nothing decoded", where)
         else:
             start = time.perf_counter()
@@ -138,11 +171,33 @@ def cached_rows(
             decode_into(partial, listing, channels, image_size, num_workers, path)
             os.replace(partial, rows.path)
             meta = {"fingerprint": fingerprint, "classes": listing.classes}
-            meta_file.write_text(json.dumps(meta | {"folder": str(path), "shape": shape}))
+            write_whole(meta_file, json.dumps(meta | {"folder": str(path), "shape": shape}))
             log.info(
-                "data image_folder: decoded %d images into cache %s in %.1f s",
+                "data image_folder: decoded %d images into cache %s in %.1f s (%s)",
                 rows.n,
                 where,
                 time.perf_counter() - start,
+                why,
             )
     return rows, torch.tensor(listing.targets, dtype=torch.int64), listing.classes
+
+
+def cache_problem(rows: RowFile, meta_file: Path, fingerprint: str) -> str | None:
+    """Why the cache cannot be used (None: it can): no meta.json, one that does not parse or was
+    written for other files or another CACHE_FORMAT, or an images.u8 of the wrong size."""
+    if not meta_file.exists():
+        return "no finished cache yet"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError: a damaged file
+        return f"its meta.json does not parse: {err}"
+    if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint:
+        return "it was made from other files or by another cache format"
+    return rows.size_problem()
+
+
+def write_whole(file: Path, text: str) -> None:
+    """`text` into `file`, which is never seen half-written (written beside it, then renamed)."""
+    partial = file.with_name(file.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, file)

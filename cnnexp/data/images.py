@@ -32,6 +32,18 @@ class RowFile:
     def row_bytes(self) -> int:
         return int(np.prod(self.shape))
 
+    def size_problem(self) -> str | None:
+        """Why the file cannot hold exactly these rows (None: its size says it does)."""
+        if not self.path.exists():
+            return f"{self.path.name} is missing"
+        return self._wrong_size(self.path.stat().st_size)
+
+    def _wrong_size(self, size: int) -> str | None:
+        """None if `size` bytes are n rows of `shape`; any other size would read rows shifted."""
+        if size == self.n * self.row_bytes:
+            return None
+        return f"{self.path.name} holds {size} bytes, not {self.n} rows of {self.row_bytes}"
+
     def read(self, rows: np.ndarray) -> torch.Tensor:
         size = self.row_bytes
         out = np.empty((len(rows), size), np.uint8)
@@ -39,6 +51,8 @@ class RowFile:
             return torch.from_numpy(out).view(0, *self.shape)
         fd = os.open(self.path, os.O_RDONLY)
         try:
+            if problem := self._wrong_size(os.fstat(fd).st_size):  # cut or replaced since
+                raise OSError(f"{self.path.parent}: {problem}")
             start = 0
             for run in _runs(rows):  # consecutive rows: one read
                 count = len(run)
@@ -52,7 +66,10 @@ class RowFile:
 
     def load(self) -> torch.Tensor:
         """The whole file in memory."""
-        return torch.from_numpy(np.fromfile(self.path, np.uint8)).view(self.n, *self.shape)
+        pixels = np.fromfile(self.path, np.uint8)
+        if problem := self._wrong_size(len(pixels)):
+            raise OSError(f"{self.path.parent}: {problem}")
+        return torch.from_numpy(pixels).view(self.n, *self.shape)
 
 
 def _runs(rows: np.ndarray) -> list[np.ndarray]:
