@@ -1,7 +1,8 @@
 """`python -m cnnexp task=inspect [model=...] [data=...]`: the net layer by layer, untrained.
 
 Per layer: output shape, parameters, forward FLOPs for one image, receptive field (size r,
-stride S, padding P); then totals. Nothing trains and nothing goes to MLflow.
+stride S, padding P: HxW where height and width differ, `whole` where the field covers the
+input); then totals. Nothing trains and nothing goes to MLflow.
 `+inspect_model=resnet18` inspects a torchvision classification model (weights=None, 3×224×224).
 """
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from cnnexp import data, models
 from cnnexp.analysis.architecture import architecture_figure, model_figure
-from cnnexp.analysis.receptive_field import receptive_fields
+from cnnexp.analysis.receptive_field import RFRow, field_cells, receptive_fields
 from cnnexp.config import job_output_dir
 from cnnexp.models.facts import flop_counts, n_params
 from cnnexp.models.reference import torchvision_net
@@ -30,9 +31,11 @@ class LayerRow:
     output_shape: tuple[int, ...]  # without the batch axis
     params: int
     flops: int
-    rf: int
-    rf_stride: int
-    rf_padding: int
+    field: RFRow  # the receptive field at the layer's output
+
+    @property
+    def rf(self) -> int:  # r along the height
+        return self.field.size
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,7 @@ def layer_rows(
             if row.name in modules
             else 0,
             flops=flops.get(f"{prefix}.{row.name}", 0),
-            rf=row.size,
-            rf_stride=row.stride,
-            rf_padding=row.padding,
+            field=row,
         )
         for row in receptive_fields(net, input_shape)
     ]
@@ -125,9 +126,7 @@ def format_rows(rows: list[LayerRow]) -> str:
             "x".join(map(str, r.output_shape)),
             f"{r.params:,}",
             f"{r.flops:,}",
-            str(r.rf),
-            str(r.rf_stride),
-            str(r.rf_padding),
+            *field_cells(r.field),
         )
         for r in rows
     ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
+import torchvision.models as tvm
 
-from cnnexp.layers import inspect
+from cnnexp.layers import format_rows, inspect, layer_rows
 from tests.conftest import compose_cfg, run_cli
 
 
@@ -42,6 +44,24 @@ def test_same_width_stages_give_18_vs_25_c_squared(tmp_path) -> None:
     replaced = stacked["features.conv2.conv"].params + stacked["features.conv3.conv"].params
     assert replaced == 18 * c * c
     assert single["features.conv2.conv"].rf == stacked["features.conv3.conv"].rf == 7
+
+
+def table_lines(name: str, shape: tuple[int, int, int], **kwargs) -> dict[str, list[str]]:
+    """format_rows of a torchvision model built on the meta device: {layer: its cells}."""
+    with torch.device("meta"):
+        net = getattr(tvm, name)(weights=None, **kwargs)
+    lines = format_rows(layer_rows(net, shape, flops={})).splitlines()[1:]
+    return {line.split()[0]: line.split() for line in lines}
+
+
+def test_table_shows_height_by_width_and_whole_fields() -> None:
+    inception = table_lines("inception_v3", (3, 299, 299), init_weights=False)
+    assert inception["Mixed_6b.branch7x7dbl_4.conv"][-3:] == ["351x255", "16", "154x106"]
+    assert inception["fc"][-3:] == ["whole", "-", "-"]
+    vit = table_lines("vit_b_16", (3, 224, 224))
+    block = "encoder.layers.encoder_layer_0"
+    assert vit[f"{block}.ln_1"][-3:] == ["16", "16", "0"]  # a token sees its 16×16 patch
+    assert vit[f"{block}.self_attention"][-3:] == ["whole", "-", "-"]
 
 
 @pytest.mark.slow

@@ -9,10 +9,12 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from cnnexp.analysis.receptive_field import (
     ReceptiveFieldError,
+    field_cells,
     format_table,
     receptive_fields,
     rf_at_last_spatial_layer,
 )
+from tests.field_reference import gradient_spans
 
 SHAPE = (1, 16, 16)
 
@@ -260,24 +262,39 @@ class Relayout(nn.Module):
         lambda x: x.unsqueeze(1).flatten(1, 2),  # flatten keeping H and W
         lambda x: x.permute(0, 2, 3, 1).reshape(1, 16, 16, 2, 2).view(1, 16, 16, 4).movedim(3, 1),
         lambda x: x.reshape(1, 2, 2, 16, 16).flatten(1, 2),
+        lambda x: x.flatten(2).reshape(1, 4, 16, 16),  # H and W merged, then split again
+        lambda x: x.reshape(1, 4, 2, 8, 2, 8).permute(0, 1, 2, 4, 3, 5).reshape(1, 4, 4, 64)
+        .reshape(1, 4, 2, 2, 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(1, 4, 16, 16),  # windows
     ],
 )  # fmt: skip
 def test_layout_ops_are_followed(layout) -> None:
     assert last(Relayout(layout), (4, 16, 16)).size == 5
 
 
-def test_merged_or_split_spatial_axes_cover_the_input() -> None:
-    net = Relayout(lambda x: x.flatten(2).reshape(1, 4, 16, 16))  # H and W merged, then split
-    rows = receptive_fields(net, (4, 16, 16))
-    assert [row.covers_input for row in rows] == [False, True, True, True]
-    assert "no longer separate" in rows[1].note
+def test_scrambled_spatial_axes_cover_the_input() -> None:
+    # 6×4 -> 8×3: the first row of 8 takes a row of 4 and half the next: no longer followed
+    lost = receptive_fields(Relayout(lambda x: x.reshape(1, 4, 8, 3)), (4, 6, 4))
+    assert [row.covers_input for row in lost] == [False, True, True]
+    assert "no longer separate" in lost[1].note
+    # 16×16 -> 8×32 is followed (each element is still one position), but a 3×3 conv on it
+    # no longer slides over image neighbours
+    split = receptive_fields(Relayout(lambda x: x.reshape(1, 4, 8, 32)), (4, 16, 16))
+    assert [(row.size, row.covers_input) for row in split] == [(3, False), (3, False), (16, True)]
+    assert "where it works" in split[2].note
 
 
-def test_linear_after_flattening_or_over_width_covers_the_input() -> None:
+def test_linear_sums_over_the_positions_of_its_last_axis() -> None:
     flat = receptive_fields(nn.Sequential(conv(), nn.Flatten(), nn.Linear(256, 2)), SHAPE)
-    assert [(r.kind, r.covers_input) for r in flat[1:]] == [("flatten", True), ("linear", True)]
-    over_width = last(nn.Sequential(conv(), nn.Linear(16, 16)))  # N×C×H×W: mixes W
-    assert over_width.kind == "linear" and over_width.covers_input
+    # a flattened element is still one unit of the map; the Linear sums over all of them
+    assert [(r.kind, r.size, r.covers_input) for r in flat[1:]] == [
+        ("flatten", 3, False),
+        ("linear", 16, True),
+    ]
+    assert rf_at_last_spatial_layer(flat) == 3
+    over_width = last(nn.Sequential(conv(), nn.Linear(16, 16)))  # N×C×H×W: sums along W only
+    assert over_width.kind == "linear" and not over_width.covers_input
+    assert over_width.size_hw == (3, 16) and [f.whole for f in over_width.fields] == [False, True]
+    assert field_cells(over_width) == ("3xwhole", "1x-", "1x-")
 
 
 def test_conv_on_channels_last_tensor_is_refused() -> None:
@@ -311,29 +328,41 @@ class Windows(nn.Module):
         return self.head(y.permute(0, 3, 1, 2))
 
 
+def unit_spans(net: nn.Module, shape: tuple[int, int, int], units: list[int]) -> list[tuple]:
+    """Gradient spans of the output units (u, u) of an N×C×H×W net, one image per unit."""
+    x = torch.randn(len(units), *shape)
+    return gradient_spans(net.eval(), "", x, lambda out, b: out[b, :, units[b], units[b]])
+
+
 def test_window_attention_covers_its_window() -> None:
     """Patches r=S=4 on an 8×8 grid; a 4×4 window: r = 4 + 3·4, each unit sees its window."""
     net = Windows([0])
     rows = receptive_fields(net, (1, 32, 32))
     attn = next(row for row in rows if row.kind == "attention")
-    assert (attn.size, attn.stride, attn.padding) == (16, 4, 4)
-    assert "covers its window (4×4 positions)" in attn.note
+    assert (attn.size, attn.stride, attn.padding) == (16, 4, 0)  # P: unit 0's, first window
+    assert attn.varies and "covers its window (4×4 positions)" in attn.note
     assert rows[-2].size == 16 and rows[-2].aligned  # the residual lies inside the window
     assert rows[-1].size == 16  # the 1×1 conv acts per position
-    x = torch.randn(1, 1, 32, 32, requires_grad=True)
-    out = net(x)
-    for f in (1, 5):  # the centre units of the two windows
-        (grad,) = torch.autograd.grad(out[0, :, f, f].sum(), x, retain_graph=True)
-        seen = grad[0, 0].abs().sum(0).nonzero().flatten()
-        first = f * attn.stride - attn.padding
-        assert (seen.min().item(), seen.max().item()) == (first, first + attn.size - 1)
+    fields = [((a, b), (a, b)) for a, b in map(attn.span, range(8))]
+    assert fields == [((0, 15), (0, 15))] * 4 + [((16, 31), (16, 31))] * 4
+    assert unit_spans(net, (1, 32, 32), list(range(8))) == fields
 
 
-def test_stacked_or_whole_map_windows_cover_the_input() -> None:
-    shifted = [r for r in receptive_fields(Windows([0, 2]), (1, 32, 32)) if r.kind == "attention"]
-    assert not shifted[0].covers_input and shifted[1].covers_input
-    assert "depends on the position" in shifted[1].note
-    assert last(Windows([0], k=3), (1, 32, 32)).covers_input  # a 3×3 conv straddles windows
+def test_stacked_windows_follow_the_shift() -> None:
+    """Windows of 4 units, then windows shifted by 2: each shifted window holds halves of two
+    windows, so every unit sees 8 units (32 pixels), which 8 depending on its position. A 3×3
+    conv after windows joins neighbouring windows likewise."""
+    shifted = receptive_fields(Windows([0, 2]), (1, 32, 32))
+    attn = [row for row in shifted if row.kind == "attention"]
+    assert not attn[1].covers_input and "shifted by 2×2" in attn[1].note
+    assert (attn[1].size, attn[1].stride, attn[1].padding) == (32, 4, 16)
+    assert [attn[1].span(u) for u in range(8)] == [(-16, 15)] * 2 + [(0, 31)] * 4 + [(16, 47)] * 2
+    for net in (Windows([0, 2]), Windows([0], k=3)):
+        row = receptive_fields(net, (1, 32, 32))[-1]
+        fields = [(max(a, 0), min(b, 31)) for a, b in map(row.span, range(8))]
+        assert row.size == 32 and unit_spans(net, (1, 32, 32), list(range(8))) == [
+            (f, f) for f in fields
+        ]
     (whole,) = [r for r in receptive_fields(Windows([0], 8), (1, 32, 32)) if r.kind == "attention"]
     assert whole.covers_input and "one window covers the map" in whole.note
 
@@ -369,12 +398,20 @@ def test_convnext_tiny_is_channels_last() -> None:
     assert all(row.aligned for row in rows)
 
 
-def test_swin_t_flags_window_attention() -> None:
+def test_swin_t_windows_on_meta() -> None:
     rows = receptive_fields(on_meta("swin_t"), (3, 224, 224))
     attention = [row for row in rows if row.kind == "attention"]
     assert len(attention) == 2 + 2 + 6 + 2 and all("attention:" in r.note for r in attention)
-    assert (attention[0].size, attention[0].stride) == (28, 4)  # 4×4 patches, 7×7 windows
-    assert all(row.covers_input for row in attention[1:])  # windows on windows
-    assert "depends on the position" in attention[1].note
-    assert rf_at_last_spatial_layer(rows) == 28
+    assert [r.size for r in attention[:4]] == [28, 56, 112, 168]  # tests/test_attention_nets.py
+    assert all(row.covers_input for row in attention[-2:])  # stage 4: one window, the whole map
+    assert rf_at_last_spatial_layer(rows) == 224
     assert [row.kind for row in rows].count("patch_merge") == 3
+
+
+def test_table_shows_height_by_width_and_whole_fields() -> None:
+    rows = receptive_fields(on_meta("inception_v3", init_weights=False), (3, 299, 299))
+    asymmetric = next(row for row in rows if row.name == "Mixed_6b.branch7x7dbl_4.conv")
+    assert field_cells(asymmetric) == ("351x255", "16", "154x106")  # 1×7 and 7×1 convs
+    table = format_table(rows).splitlines()
+    assert "351x255" in next(line for line in table if line.startswith("Mixed_6b.branch7x7dbl_4."))
+    assert table[-1].split()[-5:-2] == ["whole", "-", "-"] and "covers input" in table[-1]

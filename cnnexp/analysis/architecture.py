@@ -15,7 +15,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 from torch import nn
 
-from cnnexp.analysis.receptive_field import eval_mode, field_of, module_device, receptive_fields
+from cnnexp.analysis.receptive_field import (
+    eval_mode,
+    field_cells,
+    field_of,
+    module_device,
+    receptive_fields,
+)
 from cnnexp.models.blocks import Conv, Dropout, Node, Parallel, Plan, Pool, Residual
 
 BOX_W, BOX_H, GAP, PAD, HEADER = 3.4, 0.78, 0.32, 0.18, 0.34  # layout units (inches)
@@ -70,7 +76,7 @@ class _Facts:
         row = field_of(self.rows, name)
         if row is None:
             return ""
-        return "whole input" if row.covers_input else f"RF {row.size}"
+        return "whole input" if row.covers_input else f"RF {field_cells(row)[0]}"
 
 
 def _plan_boxes(nodes: list[Node], facts: _Facts) -> list[Box]:

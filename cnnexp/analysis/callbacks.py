@@ -62,7 +62,8 @@ def build_callbacks(
 
 
 class ReceptiveFieldLogger(L.Callback):
-    """At fit start: artifact `receptive_field.txt` (per layer) and metric `receptive_field`."""
+    """At fit start: artifact `receptive_field.txt` (per layer) and metric `receptive_field`
+    (r at the last layer with a map; the input's height where that field covers the input)."""
 
     def __init__(self, input_shape: tuple[int, int, int], resumed: bool = False) -> None:
         self.input_shape, self.resumed = input_shape, resumed

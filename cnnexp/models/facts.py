@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from cnnexp.analysis.receptive_field import eval_mode, module_device
 
@@ -21,12 +23,42 @@ def n_params(net: nn.Module) -> int:
 
 def flop_counts(net: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, int]:
     """Forward FLOPs for one image per module name ("Global" = total), torch's FlopCounterMode
-    convention: 2 FLOPs per multiply-accumulate of convolutions and matmuls; activations,
-    pooling, normalisation and additions count 0."""
-    counter = FlopCounterMode(display=False)
-    with eval_mode(net), torch.no_grad(), counter:
+    convention: 2 FLOPs per multiply-accumulate of convolutions and matmuls, attention included;
+    activations, pooling, normalisation and additions count 0. One forward pass in eval mode
+    without gradients: `net` is left as it was."""
+    counter = FlopCounterMode(display=False, custom_mapping=_FUSED_ATTENTION)
+    with eval_mode(net), torch.no_grad(), _unfused_multihead_attention(), counter:
         net(torch.zeros(1, *input_shape, device=module_device(net)))
     return {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+
+
+def _sdpa_flops(
+    query: torch.Size, key: torch.Size, value: torch.Size, *_: object, **__: object
+) -> int:
+    return sdpa_flop_count(query, key, value)  # FlopCounterMode passes the tensors' shapes
+
+
+# scaled_dot_product_attention kernels torch's counter has no formula for (it has the CUDA ones):
+# without these a ViT on the CPU counts 0 for Q·Kᵀ and attention·V (17.56 G MACs read 16.85)
+_FUSED_ATTENTION = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops,
+    torch.ops.aten._scaled_dot_product_attention_math_for_mps: _sdpa_flops,
+    torch.ops.aten._scaled_dot_product_fused_attention_overrideable: _sdpa_flops,
+}
+
+
+@contextmanager
+def _unfused_multihead_attention() -> Iterator[None]:
+    """Without gradients, nn.MultiheadAttention and nn.TransformerEncoderLayer run one fused
+    kernel (_native_multi_head_attention) that FlopCounterMode cannot see into: a ViT counted 0
+    for every attention block (22.5 of 35.1 GFLOPs). Their switch (process-wide) turns it off
+    for the count. Enabling gradients instead would miss nets with frozen weights."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def flops_per_image(net: nn.Module, input_shape: tuple[int, int, int]) -> int:
