@@ -64,8 +64,7 @@ def test_data_module_shards_batches_per_rank_under_ddp() -> None:
 def test_ddp_that_relaunches_its_command_is_refused_inside_a_sweep(out) -> None:
     result = run_cli("-m", "trainer=ddp_sim", "seed=0,1", *ARGS, out=out)
     assert result.returncode == 2
-    lines = [
-        x for x in result.stderr.splitlines() if x.startswith("cnnexp: error: trainer.strategy")
-    ]
-    assert len(lines) == 2 and "re-running the command line" in lines[0]
+    lines = [x for x in result.stderr.splitlines() if x.startswith("cnnexp: error: job ")]
+    assert len(lines) == 2 and all("failed: trainer.strategy: DDP" in x for x in lines)
+    assert "re-running the command line" in lines[0]
     assert all_runs(out) == []
