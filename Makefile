@@ -5,7 +5,7 @@ STAMP := .venv/.installed-stamp
 UI_PORT ?= 5000
 STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
 
-.PHONY: install train test test-fast ui lint format bench clean
+.PHONY: install train test test-fast ui lint format bench studies docs clean
 
 install: $(STAMP)
 
@@ -13,16 +13,17 @@ $(STAMP): pyproject.toml setup.py constraints.txt   ## ranges from pyproject, ex
 	test -x $(PY) || $(PYTHON) -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -c "from cnnexp.tracking.template import make_template; make_template()"  # empty MLflow store, copied for each new one
 	touch $(STAMP)
 
 train: $(STAMP)          ## the default experiment: stacked3x3 on MNIST-5k
 	$(PY) -m cnnexp $(ARGS)
 
-test: $(STAMP)           ## the whole suite, slow end-to-end tests included, one worker per core (≤ 4)
-	$(PY) -m pytest -q -n auto --maxprocesses 4 $(PYTEST_ARGS)
+test: $(STAMP)           ## the whole suite, slow end-to-end tests included, one worker per core (≤ 4); an idle worker takes over queued tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses 4 -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 ui: $(STAMP)             ## MLflow UI on 127.0.0.1 over the same store the runs write; prints the dashboard links
 	mkdir -p outputs/mlartifacts
@@ -37,8 +38,14 @@ format: $(STAMP)
 	$(PY) -m ruff format cnnexp tests
 	$(PY) -m ruff check --fix cnnexp tests
 
-bench: $(STAMP)          ## speed ratios against baselines, data-path memory; BENCH=data: only the data part
+bench: $(STAMP)          ## speed ratios against baselines, data-path memory; BENCH=data or BENCH=runner: one part
 	$(PY) -m cnnexp.bench $(BENCH)
+
+studies: $(STAMP)        ## rerun the ready studies at a small budget, write docs/studies/<study>.md; STUDIES=name, ARGS=key=value
+	$(PY) -m cnnexp.studies $(STUDIES) $(ARGS)
+
+docs: $(STAMP)           ## the documentation site into outputs/site/ (mkdocs --strict: a broken link fails)
+	$(PY) -m mkdocs build --strict --site-dir outputs/site
 
 clean:                   ## run outputs and caches (the MLflow store too); keeps .venv
 	rm -rf outputs .pytest_cache .ruff_cache .hypothesis

@@ -11,11 +11,12 @@ import sys
 
 import hydra
 import hydra._internal.utils as hydra_internals
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from omegaconf import DictConfig
 
 from cnnexp import schema, sweeps
-from cnnexp.config import config_dir
 from cnnexp.errors import exit_code, one_line
+from cnnexp.paths import config_dir
 
 schema.register()
 
@@ -33,7 +34,21 @@ def report_errors(func):
         sys.exit(exit_code(err))
 
 
+# A monkeypatch, kept because Hydra 1.3 has no public hook for how @hydra.main reports an error
+# raised while it composes (its run_and_report prints the message plus "Set the environment
+# variable HYDRA_FULL_ERROR=1..." and exits 1); the Compose API would give us the error, but
+# not the multirun, launchers and sweepers @hydra.main brings.
 hydra_internals.run_and_report = report_errors
+_all_group_options = ConfigLoaderImpl.get_group_options
+
+
+def public_group_options(self, *args, **kwargs) -> list[str]:
+    """A group's options as `--help`, tab completion and `glob(*)` list them: without the
+    schemas cnnexp/schema.py stores as `_<name>` (what conf/ files build on, never a choice)."""
+    return [o for o in _all_group_options(self, *args, **kwargs) if not o.startswith("_")]
+
+
+ConfigLoaderImpl.get_group_options = public_group_options
 
 
 def run_task(cfg: DictConfig) -> float | None:
@@ -47,6 +62,11 @@ def run_task(cfg: DictConfig) -> float | None:
         from cnnexp.report import report
 
         report(cfg)
+        return None
+    if cfg.task == "compare":
+        from cnnexp.report.compare import compare
+
+        compare(cfg)
         return None
     if cfg.task == "eval":
         from cnnexp.evaluate import evaluate

@@ -22,9 +22,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnexp import schema, tracking
-from cnnexp.config import ConfigError, config_dir, job_output_dir
-from cnnexp.errors import one_line
+from cnnexp.errors import ConfigError, one_line
 from cnnexp.layers import LayerTable, layer_table
+from cnnexp.paths import config_dir, job_output_dir
 from cnnexp.tracking.mlflow_run import Trained
 from cnnexp.train import train_run
 

@@ -9,17 +9,35 @@ a bug (None). `exit_code(err)`: 2 for a mistake in the input, 1 for a run that s
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import errno
 import re
 import shutil
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 
 from hydra.errors import MissingConfigException, OverrideParseException, SearchPathException
 from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cnnexp.config import ConfigError, unknown_key
+
+class ConfigError(ValueError):
+    """A mistake in the user's config or environment: shown as one line, never a traceback."""
+
+
+def join(where: str, key: object) -> str:
+    """The dotted name of `key` inside `where` ('' is the root)."""
+    return f"{where}.{key}" if where else str(key)
+
+
+def unknown_key(where: str, key: str, allowed: Iterable[str]) -> ConfigError:
+    """'x.key: unknown key (did you mean x.k?; allowed: ...)'."""
+    names = sorted(str(a) for a in allowed if not str(a).startswith("_"))
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    hint = f"did you mean {join(where, close[0])}?; " if close else ""
+    return ConfigError(f"{join(where, key)}: unknown key ({hint}allowed: {', '.join(names)})")
+
 
 _TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "bool": "true or false"}
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -19,6 +19,7 @@ params data.* (as applied) and model.* (the checkpoint's). predict: a CSV, no ML
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
@@ -28,18 +29,21 @@ import lightning as L
 import torch
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from cnnexp import data, models, tracking
+from cnnexp import data, distributed, models, tracking
 from cnnexp.analysis.mistakes import MistakesLogger
-from cnnexp.config import ConfigError, job_output_dir, plain
+from cnnexp.checkpoints import check_stored_net, read_checkpoint
 from cnnexp.data.folder import decode  # the image_folder source's own reading
 from cnnexp.data.images import normalise
-from cnnexp.resume import find_run, latest_checkpoint, read_checkpoint
+from cnnexp.errors import ConfigError
+from cnnexp.paths import job_output_dir
+from cnnexp.resume import find_run, latest_checkpoint
+from cnnexp.schema import Config, DataConf
 from cnnexp.tracking.logger import RunLogger
 from cnnexp.tracking.mlflow_run import KIND_TAG, open_store
-from cnnexp.validate import check_applies, check_stored_net, validate_applying
+from cnnexp.validate import check_applies, validate_applying
 
 EVALUATES_TAG = "cnnexp.evaluates"  # on an eval run: the run whose net it tested
 CHECKPOINT_TAG = "cnnexp.checkpoint"  # on an eval run: the checkpoint it loaded
@@ -54,12 +58,12 @@ class TrainedNet:
     run: Run | None  # the run that trained it; None when predict read a file without a store
 
 
-def trained_net(cfg: DictConfig, client: MlflowClient | None) -> TrainedNet:
+def trained_net(conf: Config, client: MlflowClient | None) -> TrainedNet:
     """The net `resume=` names; without a store (`client` None) resume must be a file."""
     if client is None:
-        path = Path(str(cfg.resume)).expanduser()
+        path = Path(str(conf.resume)).expanduser()
         return _rebuilt(read_checkpoint(path), str(path), None)
-    run, given = find_run(client, str(cfg.resume))
+    run, given = find_run(client, str(conf.resume))
     state, source = (read_checkpoint(given), str(given)) if given else run_checkpoint(client, run)
     return _rebuilt(state, source, run)
 
@@ -103,35 +107,31 @@ def _rebuilt(state: dict, source: str, run: Run | None) -> TrainedNet:
     return TrainedNet(module.eval(), facts, source, run)
 
 
+@distributed.reported_to_rank_zero  # under DDP, rank 0 says which rank failed and why
 def evaluate(cfg: DictConfig) -> float:
     """task=eval: test the trained net on `data=`'s test split in a new run linked to the
     trained one (see the module's docstring); return its test_acc."""
-    info = validate_applying(cfg)
-    uri = tracking.resolve_tracking_uri(cfg)
-    client = open_store(uri, cfg.logger.stale_after_s)
-    trained = trained_net(cfg, client)
-    check_applies(cfg, trained.facts, trained.source, info)
-    norm = {"normalize": {key: trained.facts[key] for key in ("mean", "std")}}
-    data_cfg = OmegaConf.merge(cfg.data, norm)  # the training's normalisation
-    dm, out = data.build(data_cfg), job_output_dir(cfg)
-    run_id = open_eval_run(client, cfg, trained, data_cfg, out)
-    with tracking.run_status(client, run_id, cfg):
-        trainer = L.Trainer(
-            **plain(cfg.trainer),
-            logger=RunLogger(uri, run_id, resumed=False),
-            callbacks=[MistakesLogger(dm.class_names)],
-            default_root_dir=out,
-        )
-        trainer.test(trained.module, datamodule=dm, verbose=False)
-    done = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    conf, info = validate_applying(cfg)
+    uri = tracking.resolve_tracking_uri(conf)
+    client = open_store(uri, conf.logger.stale_after_s)
+    trained = trained_net(conf, client)
+    check_applies(conf, trained.facts, trained.source, info)
+    norm = {key: trained.facts[key] for key in ("mean", "std")}
+    data_conf = dataclasses.replace(conf.data, normalize=norm)  # the training's normalisation
+    dm, out = data.build(data_conf), job_output_dir(conf)
+    if distributed.global_rank() != 0:  # under DDP: rank 0 alone opens the run
+        return tested(conf, trained, dm, out, None)["test_acc"]
+    run_id = open_eval_run(client, conf, trained, data_conf, out)
+    with tracking.run_status(client, run_id, conf):
+        done = tested(conf, trained, dm, out, RunLogger(uri, run_id, resumed=False))
     source_run = trained.run.info
     experiment = client.get_experiment(source_run.experiment_id).name
     print(
         f"\neval of run {source_run.run_id} ({source_run.run_name}, trained on "
-        f"{trained.facts['data']}) on {cfg.data.name}: test_acc {done['test_acc']:.4f}  "
+        f"{trained.facts['data']}) on {conf.data.name}: test_acc {done['test_acc']:.4f}  "
         f"test_loss {done['test_loss']:.4f}  ({len(dm.test[1])} images, {trained.source})\n"
         + tracking.where_text(
-            OmegaConf.merge(cfg, {"logger": {"experiment_name": experiment}}),
+            experiment,
             uri,
             source_run.experiment_id,
             run_id,
@@ -141,33 +141,51 @@ def evaluate(cfg: DictConfig) -> float:
     return done["test_acc"]
 
 
+def tested(
+    conf: Config, trained: TrainedNet, dm: data.TensorDataModule, out: Path, logger
+) -> dict[str, float]:
+    """The net tested on `dm`'s test split on every rank of `conf.trainer` (the other ranks
+    watched from rank 0); what was logged, as numbers."""
+    trainer = L.Trainer(
+        **vars(conf.trainer),
+        logger=logger or False,
+        callbacks=[MistakesLogger(dm.class_names)],
+        default_root_dir=out,
+    )
+    ending = "the eval run is FAILED" if logger else "nothing was recorded"
+    with distributed.watched(trainer, out, lambda: ending):
+        trainer.test(trained.module, datamodule=dm, verbose=False)
+    return {key: float(value) for key, value in trainer.callback_metrics.items()}
+
+
 def open_eval_run(
-    client: MlflowClient, cfg: DictConfig, trained: TrainedNet, data_cfg: DictConfig, out: Path
+    client: MlflowClient, conf: Config, trained: TrainedNet, data_conf: DataConf, out: Path
 ) -> str:
     """A new RUNNING run, child of the trained run, with data.* (as applied) and model.* params."""
     source, model = trained.run.info, trained.facts["model"]
-    tags = tracking.run_tags(cfg, out) | tracking.process_tags()
+    tags = tracking.run_tags(conf, out) | tracking.process_tags()
     tags |= {"model": str(model["name"]), "activation": str(model.get("activation"))}
     tags |= {KIND_TAG: "eval", EVALUATES_TAG: source.run_id, "mlflow.parentRunId": source.run_id}
     tags |= {CHECKPOINT_TAG: trained.source}
-    name = f"eval {source.run_name} on {cfg.data.name}"
+    name = f"eval {source.run_name} on {conf.data.name}"
     run_id = client.create_run(source.experiment_id, run_name=name, tags=tags).info.run_id
-    tracking.log_params(client, run_id, tracking.flatten({"data": plain(data_cfg), "model": model}))
+    applied = {"data": dataclasses.asdict(data_conf), "model": model}
+    tracking.log_params(client, run_id, tracking.flatten(applied))
     return run_id
 
 
 def predict(cfg: DictConfig) -> Path:
     """task=predict: classify the images under predict.path with the trained net and write
     a CSV (path, class, confidence, top<i>_class, top<i>_prob); no MLflow run. Returns its path."""
-    validate_applying(cfg)
-    files = image_files(Path(cfg.predict.path).expanduser())
-    from_file = Path(str(cfg.resume)).expanduser().is_file()  # then no store is needed
-    uri = tracking.resolve_tracking_uri(cfg)
-    trained = trained_net(cfg, None if from_file else open_store(uri, cfg.logger.stale_after_s))
-    check_applies(cfg, trained.facts, trained.source, None)
+    conf, _ = validate_applying(cfg)
+    files = image_files(Path(conf.predict.path).expanduser())
+    from_file = Path(str(conf.resume)).expanduser().is_file()  # then no store is needed
+    uri = tracking.resolve_tracking_uri(conf)
+    trained = trained_net(conf, None if from_file else open_store(uri, conf.logger.stale_after_s))
     probs = probabilities(trained.module, images(files, trained.facts))
-    output = Path(cfg.predict.output or job_output_dir(cfg) / "predictions.csv")
-    write_predictions(output, files, probs, trained.facts["class_names"], cfg.predict.top_k)
+    output = Path(conf.predict.output or job_output_dir(conf) / "predictions.csv")
+    classes = trained.facts["class_names"]
+    write_predictions(output, files, probs, classes, min(conf.predict.top_k, len(classes)))
     print(f"\n{len(files)} image(s) classified by {trained.source}: {output}")
     return output
 

@@ -17,9 +17,13 @@ from torch import nn
 from cnnexp import data, models
 from cnnexp.analysis.architecture import architecture_figure, model_figure
 from cnnexp.analysis.receptive_field import RFRow, field_cells, receptive_fields
-from cnnexp.config import job_output_dir
+from cnnexp.data.sources import free_memory
 from cnnexp.models.facts import flop_counts, n_params
+from cnnexp.models.footprint import footprint, meta_net
 from cnnexp.models.reference import torchvision_net
+from cnnexp.paths import job_output_dir
+from cnnexp.probes import fits
+from cnnexp.typed import typed_config
 
 TORCHVISION_SHAPE = (3, 224, 224)
 
@@ -60,27 +64,30 @@ class LayerTable:
 
 
 def inspect(cfg: DictConfig) -> list[LayerRow]:
-    """Print the configured net (or `cfg.inspect_model` from torchvision) and return its rows."""
+    """Print the configured net (or `inspect_model` from torchvision) and return its rows."""
     table = layer_table(cfg)
     print(table)
     return table.rows
 
 
 def layer_table(cfg: DictConfig) -> LayerTable:
-    """The table of the configured net (or `cfg.inspect_model`); its picture saved to the job's
-    output dir."""
-    name = cfg.get("inspect_model")
-    if name:
-        net = torchvision_net(name, TORCHVISION_SHAPE, 1000, where="inspect_model")
-        input_shape, title = TORCHVISION_SHAPE, f"torchvision {name}"
+    """The table of the configured net (or `inspect_model`); its picture saved to the job's
+    output dir. The net is checked as a training's is, and must fit this machine's memory."""
+    conf = typed_config(cfg)
+    if conf.inspect_model:
+        net = torchvision_net(conf.inspect_model, TORCHVISION_SHAPE, 1000, where="inspect_model")
+        input_shape, title = TORCHVISION_SHAPE, f"torchvision {conf.inspect_model}"
         picture = architecture_figure(net, input_shape, title=title)
     else:
-        info = data.check(cfg.data)
-        input_shape = info.input_shape
-        net = models.build(cfg.model, input_shape, len(info.class_names))
-        title = f"{cfg.model.name} on {cfg.data.name}"
-        picture = model_figure(cfg.model, net, input_shape)
-    path = job_output_dir(cfg) / "architecture.png"
+        info = data.check(conf.data)
+        input_shape, classes = info.input_shape, len(info.class_names)
+        models.kind(conf.model).check(conf.model, input_shape)
+        need = footprint(meta_net(conf.model, input_shape, classes), input_shape)
+        fits(need, conf.model, input_shape, 1, free_memory(), "this machine's memory")
+        net = models.build(conf.model, input_shape, classes)
+        title = f"{conf.model.name} on {conf.data.name}"
+        picture = model_figure(conf.model, net, input_shape)
+    path = job_output_dir(conf) / "architecture.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.savefig(path, dpi=110)
     return net_table(title, net, input_shape, path)

@@ -15,22 +15,21 @@ import logging
 import os
 import signal
 import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Checkpoint
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from cnnexp.config import ConfigError
+from cnnexp.checkpoints import read_checkpoint
+from cnnexp.errors import ConfigError
 from cnnexp.models.classifier import RUN_ID_KEY
-from cnnexp.schema import NetSpeedConf
+from cnnexp.schema import Config, NetSpeedConf
 from cnnexp.tracking import flatten, process_tags
 from cnnexp.tracking.mlflow_run import PARAM_VALUE_MAX
 
@@ -130,31 +129,13 @@ class Resume:
     status: str  # the run's status before it was resumed
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint's contents, loaded with weights_only=True (tensors and plain data only)."""
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (any file: the unpickler raises what its bytes make
-        # it raise, IndexError and KeyError included)
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        refused = [line for line in lines if line.startswith("Unsupported")]  # torch's reason
-        why = (refused or lines or [type(err).__name__])[0][:200]
-        raise ConfigError(
-            f"resume: {path} is not a checkpoint that loads safely with weights_only=True ({why})"
-        ) from None
-    if not isinstance(state, dict) or not state.get(RUN_ID_KEY):
-        raise ConfigError(f"resume: checkpoint {path} names no MLflow run (not written by cnnexp)")
-    return state
-
-
-def locate(cfg: DictConfig, client: MlflowClient) -> Resume:
+def locate(conf: Config, composed: dict, client: MlflowClient) -> Resume:
     """The run to continue and its latest state, for `resume=<run id or checkpoint>`; checks
-    that the run can be continued with the composed config, changing nothing."""
-    run, given = find_run(client, str(cfg.resume))
+    that the run can be continued with the config (`composed`: as it is recorded), changing
+    nothing."""
+    run, given = find_run(client, str(conf.resume))
     run_id = run.info.run_id
-    _check_status(run, cfg.resume_finished)
+    _check_status(run, conf.resume_finished)
     latest = latest_checkpoint(run)
     ckpt = given or latest
     if not ckpt.is_file():
@@ -168,9 +149,9 @@ def locate(cfg: DictConfig, client: MlflowClient) -> Resume:
                 f"{newest.get('epoch')}); resume={run_id} continues from the latest, so no step is "
                 "logged twice"
             )
-    _check_same_config(run, cfg)
+    _check_same_config(run, composed)
     trained = epochs_trained(state)
-    epochs = cfg.trainer.max_epochs  # None or -1: no limit
+    epochs = conf.trainer.max_epochs  # None or -1: no limit
     if not only_test_left(run, trained) and epochs is not None and 0 <= epochs <= trained:
         raise ConfigError(
             f"trainer.max_epochs: run {run_id} has trained {trained} epoch(s) already "
@@ -229,9 +210,9 @@ def _check_status(run: Run, finished_ok: bool) -> None:
         )
 
 
-def _check_same_config(run: Run, cfg: DictConfig) -> None:
+def _check_same_config(run: Run, composed: dict) -> None:
     logged = run.data.params
-    for key, now in flatten(cfg).items():
+    for key, now in flatten(composed).items():
         before = logged.get(key)
         fixed = key.startswith(MUST_MATCH) and key not in MAY_CHANGE
         if fixed and before is not None and before != now[:PARAM_VALUE_MAX]:
@@ -241,7 +222,7 @@ def _check_same_config(run: Run, cfg: DictConfig) -> None:
             )
 
 
-def reopen(client: MlflowClient, resume: Resume, cfg: DictConfig, out: Path) -> None:
+def reopen(client: MlflowClient, resume: Resume, composed: dict, out: Path) -> None:
     """Mark the run RUNNING again in this process; record where it continues from and with
     which config (the first config.yaml and params stay as they were)."""
     client.update_run(resume.run_id, status="RUNNING")
@@ -251,4 +232,4 @@ def reopen(client: MlflowClient, resume: Resume, cfg: DictConfig, out: Path) -> 
     client.set_tag(resume.run_id, "output_dir", str(out))  # the next resume looks here
     if "error" in client.get_run(resume.run_id).data.tags:
         client.delete_tag(resume.run_id, "error")  # what ended it last time is over
-    client.log_text(resume.run_id, OmegaConf.to_yaml(cfg, resolve=True), f"resumed/{out.name}.yaml")
+    client.log_text(resume.run_id, OmegaConf.to_yaml(composed), f"resumed/{out.name}.yaml")

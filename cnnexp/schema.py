@@ -17,12 +17,24 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from cnnexp.config import limits, register_resolvers, setting
+from cnnexp.limits import limits, setting
+from cnnexp.paths import register_resolvers
 
-TASKS = ("train", "inspect", "report", "eval", "predict")
+TASKS = ("train", "inspect", "report", "compare", "eval", "predict")
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seeds are unsigned 32-bit
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
 HEADS = ("gap", "flatten")  # global average pooling + linear | flatten + linear
+ACTIVATIONS = {  # model.activation's names -> their torch.nn class (cnnexp/models/blocks.py)
+    "relu": "ReLU",
+    "leaky_relu": "LeakyReLU",
+    "rrelu": "RReLU",
+    "tanh": "Tanh",
+    "sigmoid": "Sigmoid",
+    "gelu": "GELU",
+    "silu": "SiLU",
+    "elu": "ELU",
+}
+NO_ACTIVATION = "none"  # a block's `activation: none`: no activation
 
 
 @dataclass
@@ -142,7 +154,7 @@ class NetSpeedConf:  # how a net trained by Lightning runs, not what it computes
 class CnnModelConf(NetSpeedConf):  # a block graph (cnnexp/models/blocks.py) trained by Lightning
     kind: str = setting("cnn", choices=["cnn"])
     name: str = MISSING
-    activation: str = "relu"  # a name of cnnexp.models.ACTIVATIONS
+    activation: str = setting("relu", choices=tuple(ACTIVATIONS))
     activation_args: dict[str, dict[str, Any]] = setting(
         factory=lambda: {  # keyword arguments of torch.nn's class, per activation
             "leaky_relu": {"negative_slope": 0.01},
@@ -229,9 +241,20 @@ class ReportConf:  # task=report: which runs to compare
 
 
 @dataclass
+class CompareConf:  # task=compare: runs laid side by side, picture by picture
+    runs: list[str] = setting(factory=list)  # run ids, in column order; empty: the keys below
+    experiment: str = "${logger.experiment_name}"
+    sweep_id: str | None = None  # only the jobs of one multirun
+    status: list[str] = setting(factory=lambda: ["FINISHED"], choices=STATUSES)
+    max_runs: int = setting(8, ge=1, le=32)  # the newest runs kept (a column each)
+    group_seeds: bool = False  # a column per seed group: its first run's pictures, mean curves
+    dir: str = "${paths.output_dir}/reports"
+
+
+@dataclass
 class PredictConf:  # task=predict: the images to classify and where the CSV goes
     path: str | None = None  # a folder of images (searched recursively) or one image file
-    top_k: int = setting(3, ge=1)  # most probable classes listed per image (<= classes)
+    top_k: int = setting(3, ge=1)  # most probable classes listed per image (at most all)
     output: str | None = None  # the CSV; null: <job output dir>/predictions.csv
 
 
@@ -309,6 +332,7 @@ class Config:
     callbacks: dict[str, Any] = field(default_factory=dict)  # extra Lightning callbacks
     analysis: AnalysisConf = field(default_factory=AnalysisConf)
     report: ReportConf = field(default_factory=ReportConf, metadata={"task": "report"})
+    compare: CompareConf = field(default_factory=CompareConf, metadata={"task": "compare"})
     predict: PredictConf = field(default_factory=PredictConf, metadata={"task": "predict"})
 
 
@@ -330,7 +354,7 @@ def register() -> None:
     """Put the schemas into Hydra's ConfigStore (conf/ refers to them by these names) and the
     resolvers conf/ uses into OmegaConf; safe to call more than once."""
     register_resolvers()
-    ConfigStore.__deepcopy__ = _the_same_store
+    ConfigStore.__deepcopy__ = _the_same_store  # a monkeypatch: Hydra 1.3 has no public hook
     store = ConfigStore.instance()
     store.store(name="_config_schema", node=Config)
     store.store(group="model", name="_cnn", node=CnnModelConf)

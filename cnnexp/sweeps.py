@@ -70,11 +70,11 @@ def record_failure(err: Exception) -> None:
     traceback written to the job's log file only (the console keeps one line per job)."""
     line = one_line(err)
     detail = line or f"{type(err).__name__}: {err}".splitlines()[0][:500]
-    logs = [] if line else _log_files(f"job {HydraConfig.get().job.num} failed", err)
+    logs = [] if line else log_files(f"job {HydraConfig.get().job.num} failed", err)
     _record("failed", detail, bad_input=line is not None and exit_code(err) == 2, logs=logs)
 
 
-def _log_files(message: str, err: Exception) -> list[str]:
+def log_files(message: str, err: Exception) -> list[str]:
     """Write `message` and err's traceback to the log files of this job (Hydra's FileHandler
     on the root logger), not to the console; return their paths."""
     logger = logging.getLogger("cnnexp")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import inspect
 import pydoc
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from omegaconf import DictConfig
 
-from cnnexp.config import ConfigError, check_mapping, join, leaves, plain
+from cnnexp.errors import ConfigError, join
+from cnnexp.limits import check_mapping, plain
 
 TARGET = "_target_"
 # section -> (the class its targets must subclass, as a dotted path; an example for the line)
@@ -33,10 +34,11 @@ ALLOWED_BASES = {
 }
 
 
-def check_targets(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first `_target_` in `cfg` (the whole tree, nested too) that
-    is not a class of its section's allowed base, or that sits in a section allowing none."""
-    for where, target in find_targets(cfg):
+def check_targets(values: Iterable[tuple[str, Any]]) -> None:
+    """Raise ConfigError for the first `_target_` among a config's `values` (its `leaves`: the
+    whole tree, nested too) that is not a class of its section's allowed base, or that sits in
+    a section allowing none."""
+    for where, target in find_targets(values):
         section = section_of(where)
         key = join(where, TARGET)
         if section is None:
@@ -54,9 +56,9 @@ def section_of(where: str) -> str | None:
     return next((s for s in ALLOWED_BASES if re.match(rf"{re.escape(s)}($|[.\[])", where)), None)
 
 
-def find_targets(cfg: DictConfig) -> Iterator[tuple[str, Any]]:
-    """(path of the mapping, its `_target_` value) for every mapping in `cfg` that has one."""
-    for key, value in leaves(cfg):
+def find_targets(values: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """(path of the mapping, its `_target_` value) for every mapping that has one."""
+    for key, value in values:
         if key.rpartition(".")[2] == TARGET:
             yield key.removesuffix(TARGET).removesuffix("."), value
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,16 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from cnnexp import api, schema
+from cnnexp.schema import Config
+from cnnexp.tracking.template import seed_store
+from cnnexp.typed import typed_config
 from tests.mlflow_server import mlflow_server  # noqa: F401  (fixture: a real `mlflow server`)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker (and per CLI subprocess it starts): `-n auto` runs one worker per
+    # core, and two threads each on a busy 2-core box made a tiny conv 1000x slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -34,6 +46,13 @@ def compose_cfg(*overrides: str) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
+def typed_cfg(*overrides: str) -> Config:
+    """The typed, checked config (cnnexp/typed.py) of the real conf/, composed as a CLI job
+    composes it (HydraConfig set while it is converted, as before afterwards)."""
+    with api.job(list(overrides)) as cfg:
+        return typed_config(cfg)
+
+
 def compose_job_cfg(out: Path, *overrides: str) -> DictConfig:
     """compose_cfg plus what a real job has (cnnexp.api.compose_job): HydraConfig set, its
     output dir under `out`; so train(cfg) runs in-process as the CLI would run it."""
@@ -42,23 +61,80 @@ def compose_job_cfg(out: Path, *overrides: str) -> DictConfig:
     )
 
 
+def cli_args(args: tuple[str, ...], out: Path) -> list[str]:
+    """`args` as the CLI takes them, every output under `out`: flags first (Hydra wants -m
+    before the overrides), then paths.output_dir, then the overrides."""
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    return [*flags, f"paths.output_dir={out}", *overrides]
+
+
 def run_cli(*args: str, out: Path, env: dict | None = None, timeout: int = 300):
     """`python -m cnnexp ARGS` in a subprocess, every output under `out`."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None) if env is None else None
-    flags = [a for a in args if a.startswith("-")]  # Hydra wants -m before the overrides
-    overrides = [a for a in args if not a.startswith("-")]
-    cmd = [sys.executable, "-m", "cnnexp", *flags, f"paths.output_dir={out}", *overrides]
+    cmd = [sys.executable, "-m", "cnnexp", *cli_args(args, out)]
     return subprocess.run(
         cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
     )
 
 
+def cli_in_process(*args: str, out: Path, env: dict | None = None):
+    """The real `cnnexp ARGS` (cnnexp.__main__.cli: Hydra's main, the task, its exit code) in
+    this process, as run_cli's result (returncode, stdout, stderr as Python wrote them). For
+    refusals and other one-line outcomes: a CLI subprocess spends ~8 s importing torch and
+    Lightning before it says its line. What only a fresh process shows (what imports print on
+    stderr, signals, Hydra's launchers) stays with run_cli."""
+    import contextlib
+    import io
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cnnexp.__main__ import cli
+
+    argv = ["cnnexp", *cli_args(args, out)]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    before = HydraConfig.instance().cfg  # as it was afterwards: other tests' state untouched
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # Hydra's job logging replaces them
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
+        patch.setattr(sys, "argv", argv)
+        if env is None:
+            patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        patch.chdir(ROOT)
+        try:
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                cli()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except Exception:  # what Python does with an uncaught error: its traceback, exit 1
+            stderr.write(traceback.format_exc())
+            code = 1
+        finally:
+            GlobalHydra.instance().clear()
+            HydraConfig.instance().cfg = before
+            for handler in root.handlers:
+                if handler not in handlers:
+                    handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+
+
 def store(out: Path) -> MlflowClient:
+    """The store under `out`; a new one is a copy of the template (cnnexp/tracking/template.py)."""
+    seed_store(out / "mlflow.db")
     return MlflowClient(f"sqlite:///{out}/mlflow.db")
 
 
 def all_runs(out: Path) -> list:
+    """Every run of the store under `out`; none where no store was ever written."""
+    if not (out / "mlflow.db").exists():
+        return []
     client = store(out)
     experiments = client.search_experiments()
     return client.search_runs([e.experiment_id for e in experiments]) if experiments else []
@@ -115,3 +191,15 @@ def block_shapes(net, names, x):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def wait_for_marker(marker: Path, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Until a run in `proc` wrote `marker` (tests/helpers.py's PauseAt: it waits inside an
+    epoch); its output in the error when it ended or `timeout_s` passed first."""
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            output = "".join(text or "" for text in proc.communicate())
+            raise AssertionError(f"never paused:\n{output[-3000:]}")
+        time.sleep(0.05)

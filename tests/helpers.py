@@ -13,12 +13,15 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class FailAtEpoch(L.Callback):
-    """Raise inside training, to check that the run ends FAILED with the error recorded."""
+    """Raise inside training, to check that the run ends FAILED with the error recorded
+    (under DDP: on rank `rank` only, when given)."""
 
-    def __init__(self, epoch: int = 0) -> None:
-        self.epoch = epoch
+    def __init__(self, epoch: int = 0, rank: int | None = None) -> None:
+        self.epoch, self.rank = epoch, rank
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if trainer.current_epoch == self.epoch:
             raise RuntimeError(f"planned failure at epoch {self.epoch}")
 
@@ -26,13 +29,23 @@ class FailAtEpoch(L.Callback):
 class PauseAt(L.Callback):
     """At the start of batch `batch` of epoch `epoch`, write the file `marker` and wait there
     until the file `<marker>.go` appears (or a signal ends the wait): the test acts on an event,
-    the marker, never after a guessed sleep."""
+    the marker, never after a guessed sleep. Under DDP, `rank` pauses that rank alone."""
 
-    def __init__(self, marker: str, epoch: int = 1, batch: int = 2, job: int | None = None) -> None:
+    def __init__(
+        self,
+        marker: str,
+        epoch: int = 1,
+        batch: int = 2,
+        job: int | None = None,
+        rank: int | None = None,
+    ) -> None:
         self.marker, self.epoch, self.batch, self.job = Path(marker), epoch, batch, job
+        self.rank = rank
 
     def on_train_batch_start(self, trainer: L.Trainer, module, batch, batch_idx: int) -> None:
         if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
+            return
+        if self.rank is not None and trainer.global_rank != self.rank:
             return
         if self.job is not None and HydraConfig.get().job.num != self.job:  # -m: that job only
             return

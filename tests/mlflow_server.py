@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from cnnexp.tracking.template import seed_store
+
 START_SECONDS = 90  # first start migrates the fresh sqlite schema: slow on a busy 2-core box
 
 
@@ -66,6 +68,8 @@ def running_mlflow_server(
     runs wrote, as `make ui` serves it), artifacts served from <root>/artifacts, on `port` (a
     free one by default; the same root and port restart the same server)."""
     root.mkdir(parents=True, exist_ok=True)
+    if store is None:
+        seed_store(root / "server.db")  # a copy of the empty store, not 10-13 s of migrations
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [

@@ -5,21 +5,22 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from cnnexp import data
-from cnnexp.analysis.callbacks import build_callbacks, tile_grid
-from cnnexp.analysis.fit import FitDiagnosis
+from cnnexp.analysis.callbacks import build_callbacks
 from cnnexp.analysis.gradcam import gradcam
 from cnnexp.analysis.health import activation_health, network_health
+from cnnexp.analysis.images import CARD_PX, TileGrid, render_grid
 from cnnexp.analysis.top_patches import all_top_patches, block_fields
-from cnnexp.config import ConfigError
-from cnnexp.models.blocks import ConvBlock, build_net, plan_net
+from cnnexp.errors import ConfigError
+from cnnexp.models.blocks import ConvBlock
+from cnnexp.models.graph import build_net, parse_blocks, plan_net
 from cnnexp.report.explorer import logged_images
-from cnnexp.validate import validate
-from tests.conftest import FAST, all_runs, compose_cfg, run_cli, store
+from tests.conftest import FAST, all_runs, cli_in_process, store, typed_cfg
 
 
 def one_block_net(activation: nn.Module, weight: float, bias: float) -> nn.Sequential:
@@ -56,28 +57,52 @@ def test_small_tanh_activations_are_not_saturated() -> None:
     assert activation_health(torch.full((2, 3, 4, 4), 0.5), nn.Tanh())["saturation"] == 0
 
 
-def test_tile_grid_scales_tiles_of_different_sizes_to_one() -> None:
-    rows = [[torch.rand(8, 8, 3).numpy(), torch.rand(4, 4, 3).numpy()]] * 2
-    image = tile_grid(rows, tile_px=16)
-    assert image.shape == (2 * 16 + 1, 2 * 16 + 1, 3) and image.dtype.name == "uint8"
+def test_a_long_row_of_maps_is_drawn_near_square_card_wide_by_whole_pixels() -> None:
+    """4 images × (input + 16 channels) of 4×4 maps: as one row per image 17 tiles wide; drawn
+    as bands of columns, about CARD_PX wide and no taller than wide (so MLflow's 256 px card
+    thumbnail is 256 px wide), every map pixel a square of whole pixels."""
+    checker = np.indices((4, 4)).sum(0) % 2  # 0/1 chessboard: its squares show the scale
+    tile = np.repeat(checker[..., None], 3, axis=2).astype(float)
+    small = np.repeat(checker[:2, :2, None], 3, axis=2).astype(float)  # a 2×2 map, scaled up too
+    rows = [[tile] + [tile] * 15 + [small] for _ in range(4)]
+    labels = ["input", *map(str, range(16))]
+    grid = TileGrid(rows, list("abcd"), labels, "conv1, after epoch 1\nrows: class", lead=1)
+    image = render_grid(grid, tile_px=16)
+    height, width, _ = image.shape
+    assert image.dtype == np.uint8 and height <= width <= 1.3 * CARD_PX
+    dark = image[..., 0] < 128  # the chessboard's 0 squares (text is dark too, but thin)
+    runs = [len(r) for row in dark for r in "".join("1" if v else "0" for v in row).split("0") if r]
+    scale = max(set(runs), key=runs.count)  # the commonest dark run: one map pixel
+    assert scale >= 16 // 4 and runs.count(scale) > 100
 
 
-def test_analysis_none_keeps_only_the_fit_diagnosis_and_bad_keys_are_config_errors(
-    tmp_path,
-) -> None:
-    cfg = compose_cfg("data=digits", "analysis=none", f"paths.output_dir={tmp_path}")
+def test_tiles_too_large_for_the_card_are_shrunk_by_area_not_drawn_thousands_of_pixels_wide():
+    """A deep layer's top patches (16 channels × 8 ranks of 300×300, as resnet18's last block
+    gives on small images) drew a 5,000 px wide card; now it is about CARD_PX wide, each
+    tile at least tile_px, and a shrunk tile keeps its mean (area, not every d-th pixel)."""
+    stripes = np.zeros((300, 300, 3))
+    stripes[:, ::2] = 1.0  # one-pixel stripes: mean 0.5; every d-th pixel (d even) would be 1
+    rows = [[stripes] * 8 for _ in range(16)]
+    grid = TileGrid(rows, [f"ch {c}" for c in range(16)], [str(r + 1) for r in range(8)], "x")
+    image = render_grid(grid, tile_px=32)
+    height, width, _ = image.shape
+    assert height <= width <= 1.5 * CARD_PX  # 128 tiles of at least 32 px: two bands of rows
+    grey = (np.abs(image[..., 0].astype(int) - 128) < 8).sum()  # the shrunk stripes' mean
+    assert grey >= 16 * 8 * 32 * 32
+
+
+def test_analysis_none_builds_no_callback_and_bad_keys_are_config_errors(tmp_path) -> None:
+    cfg = typed_cfg("data=digits", "analysis=none", f"paths.output_dir={tmp_path}")
     dm = data.build(cfg.data)
-    [only] = build_callbacks(cfg.analysis, dm)
-    assert isinstance(only, FitDiagnosis)
-    cfg = compose_cfg("data=digits", "analysis.normalize=global", f"paths.output_dir={tmp_path}")
+    assert build_callbacks(cfg.analysis, dm) == []  # the fit diagnosis is the recording's
     with pytest.raises(ConfigError, match="analysis.normalize: 'global' is not allowed"):
-        validate(cfg)
+        typed_cfg("data=digits", "analysis.normalize=global", f"paths.output_dir={tmp_path}")
 
 
 @pytest.mark.slow
 def test_two_epoch_run_logs_images_rf_and_health(out) -> None:
     args = ("model=tiny", *FAST, "trainer.max_epochs=2", "data.train_size=300")
-    result = run_cli(*args, out=out)
+    result = cli_in_process(*args, out=out)
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = all_runs(out)
     client, run_id = store(out), run.info.run_id
@@ -85,8 +110,8 @@ def test_two_epoch_run_logs_images_rf_and_health(out) -> None:
     images = {(key, step) for key, steps in logged_images(folder).items() for step in steps}
     keys = ["erf", "gradcam", "kernels/conv1", "feature_maps/conv1", "feature_maps/conv2"]
     keys += ["top_patches/conv1", "top_patches/conv2"]
-    at_test = {("confusion_matrix", 2), ("misclassified", 2)}  # the test set, after training
-    assert images == {(key, step) for key in keys for step in (0, 2)} | at_test
+    keys += ["confusion_matrix", "misclassified"]  # validation at 0, the test set at 2
+    assert images == {(key, step) for key in keys for step in (0, 2)}  # every key, every step
     metrics = run.data.metrics
     per_class = {k: v for k, v in metrics.items() if k.startswith("test_class_acc/")}
     assert sorted(per_class) == [f"test_class_acc/{d}" for d in range(10)]
@@ -125,10 +150,12 @@ def test_top_patch_is_cut_at_the_units_receptive_field() -> None:
     strongest conv2 unit sits on the bright pixel, and its 5×5 patch has that pixel in the
     middle; a pixel in the corner gives a patch whose outside part is grey."""
     plan = plan_net(
-        [
-            {"conv": 3, "channels": 1, "batch_norm": False},
-            {"conv": 3, "channels": 1, "batch_norm": False},
-        ],
+        parse_blocks(
+            [
+                {"conv": 3, "channels": 1, "batch_norm": False},
+                {"conv": 3, "channels": 1, "batch_norm": False},
+            ]
+        ),
         (1, 8, 8),
     )
     net = build_net(plan, 2, "gap", None)

@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 
 import cnnexp
 from cnnexp import api
-from cnnexp.config import job_output_dir
+from cnnexp.paths import job_output_dir
 from tests.conftest import FAST, ROOT, all_runs, compose_cfg, run_cli, store
 
 TINY = ["model=tiny", "data=digits", "analysis=none", *FAST]

@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 
 from cnnexp import data
 from cnnexp.data.augment import PerImage
-from tests.conftest import FAST, all_runs, run_cli
+from tests.conftest import FAST, all_runs, cli_in_process
 from tests.test_data import compose_data, write_cifar
 
 V2 = "torchvision.transforms.v2"
@@ -141,7 +141,7 @@ BAD = [  # (override, start of the one line)
 
 @pytest.mark.parametrize(("override", "message"), BAD, ids=["target", "argument", "shape"])
 def test_bad_transform_is_one_line_and_opens_no_run(override: str, message: str, out) -> None:
-    result = run_cli("model=tiny", "data=digits", "analysis=none", *FAST, override, out=out)
+    result = cli_in_process("model=tiny", "data=digits", "analysis=none", *FAST, override, out=out)
     assert result.returncode == 2, result.stderr[-2000:]
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"cnnexp: error: {message}"), line
@@ -151,7 +151,7 @@ def test_bad_transform_is_one_line_and_opens_no_run(override: str, message: str,
 def test_cifar_preset_trains_an_epoch_with_crop_and_flip(out) -> None:
     write_cifar(out / "data")
     args = ("data=cifar10", "data.download=false", "data.verify=false", "data.batch_size=32")
-    result = run_cli("model=tiny", "analysis=none", *FAST, *args, out=out)
+    result = cli_in_process("model=tiny", "analysis=none", *FAST, *args, out=out)
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = all_runs(out)
     assert run.info.status == "FINISHED"

@@ -17,10 +17,17 @@ from hypothesis import strategies as st
 from omegaconf import DictConfig
 
 from cnnexp.errors import one_line
-from cnnexp.schema import AnalysisConf, Config, LoggerConf, ReportConf, TrainerConf
+from cnnexp.schema import (
+    AnalysisConf,
+    CompareConf,
+    Config,
+    LoggerConf,
+    ReportConf,
+    TrainerConf,
+)
 from cnnexp.train import train
 from cnnexp.validate import validate
-from tests.conftest import FAST, all_runs, compose_cfg, compose_job_cfg, run_cli
+from tests.conftest import FAST, all_runs, cli_in_process, compose_cfg, compose_job_cfg, run_cli
 
 TINY = ["model=tiny", "data=digits", *FAST]
 BAD_INPUTS = [  # (overrides, the start of the one line)
@@ -49,7 +56,10 @@ BAD_INPUTS = [  # (overrides, the start of the one line)
     (["model.batch_norm=maybe"], "model.batch_norm: 'maybe' is not allowed (allowed: true or"),
     (["model.channels_last=nhwc"], "model.channels_last: 'nhwc' is not allowed (allowed: true"),
     (["model.compile=maybe"], "model.compile: 'maybe' is not allowed (allowed: true or false)"),
-    (["model.activation=swish"], "model.activation: unknown value 'swish' (allowed: elu, gelu"),
+    (
+        ["model.activation=swish"],
+        "model.activation: 'swish' is not allowed (allowed: relu, leaky_relu",
+    ),
     (["+model.activation_args.elu.foo=1"], "model.activation_args.elu.foo: unknown key"),
     (["+model.activation_args.swish.beta=1"], "model.activation_args.swish: unknown key"),
     (["model.blocks=[{conv:0,channels:8}]"], "model.blocks[0].conv: 0 is not allowed"),
@@ -66,7 +76,10 @@ BAD_INPUTS = [  # (overrides, the start of the one line)
     (["data=image_folder", "data.path=/no/such/folder"], "data.path: '/no/such/folder' is not"),
     (["data=image_folder", "data.path=ONE_CLASS"], "data.path: ONE_CLASS holds images of 1 class"),
     (["data=mnist", "data.download=false"], "data.root: MNIST data missing"),
-    (["task=fly"], "task: 'fly' is not allowed (allowed: train, inspect, report, eval, predict)"),
+    (
+        ["task=fly"],
+        "task: 'fly' is not allowed (allowed: train, inspect, report, compare, eval, predict)",
+    ),
     (["logger.experiment_name="], "logger.experiment_name: empty (allowed: a non-empty name)"),
     (["optimizer._target_=torch.optim.Nope"], "optimizer._target_: cannot import"),
     (["optimizer.momentm=0.9"], "optimizer.momentm: unknown key"),
@@ -146,9 +159,10 @@ SCHEMA_LEAVES = [
         (LoggerConf, "logger."),
         (AnalysisConf, "analysis."),
         (ReportConf, "report."),
+        (CompareConf, "compare."),
     ]
     for leaf in leaves(schema, prefix)
-    if leaf[0] not in ("paths", "trainer", "logger", "analysis", "report")
+    if leaf[0] not in ("paths", "trainer", "logger", "analysis", "report", "compare")
 ]
 
 
@@ -161,7 +175,7 @@ def test_any_bad_value_of_any_schema_key_is_one_line_naming_it(leaf, pick, tmp_p
         return
     out = tmp_path_factory.mktemp("out")
     try:
-        cfg: DictConfig = compose_cfg(*TINY, f"{key}={value}", f"paths.output_dir={out}")
+        cfg: DictConfig = compose_job_cfg(out, *TINY, f"{key}={value}")
         validate(cfg)
     except Exception as err:  # noqa: BLE001
         line = one_line(err)
@@ -187,13 +201,24 @@ def test_a_misspelt_key_is_refused_with_the_closest_key(leaf, cut) -> None:
 CLI_CASES = [  # (overrides, environment, the line's start): all of stderr is that one line
     (["trainer.max_epohcs=3"], {}, "trainer.max_epohcs: unknown key (did you mean"),
     (["trainer.max_epochs=abc"], {}, "trainer.max_epochs: 'abc' is not allowed"),
-    (["optimizer.lr=-1"], {}, "optimizer.lr: -1 is not allowed"),
+    (["optimizer.lr=-1"], {}, "optimizer.lr: -1 is not allowed"),  # after torch's import
     (["model=resnet9000"], {}, "model: unknown option 'resnet9000'"),
     (["paths.output_dir=/etc/hostname/x"], {}, "paths.output_dir: cannot create /etc/hostname"),
+    (["model.compile=true"], {"CXX": "no-such-c++"}, "model.compile: true, but torch.compile"),
+]  # (the compiler probe is torch's, cached per process: only a fresh one sees CXX)
+IN_PROCESS_CASES = [  # as CLI_CASES, after torch's import too: in this process (~8 s less each)
     ([], {"MLFLOW_TRACKING_URI": "bogus://x"}, "MLFLOW_TRACKING_URI: cannot use MLflow store"),
     (["logger.experiment_name="], {}, "logger.experiment_name: empty"),
-    (["model.compile=true"], {"CXX": "no-such-c++"}, "model.compile: true, but torch.compile"),
 ]
+
+
+@pytest.mark.parametrize(("overrides", "env", "message"), IN_PROCESS_CASES)
+def test_bad_input_found_late_is_all_that_the_cli_says(overrides, env, message, out):
+    result = cli_in_process(*TINY, *overrides, out=out, env=env or None)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"cnnexp: error: {message}"), line
+    assert result.stdout == "" and all_runs(out) == []
 
 
 @pytest.mark.slow

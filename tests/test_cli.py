@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import FAST, ROOT, all_runs, run_cli, store
+from tests.conftest import FAST, ROOT, all_runs, cli_in_process, run_cli, store
 
 pytestmark = pytest.mark.slow
 EPOCH_METRICS = ["train_loss", "val_loss", "train_acc", "val_acc"]
@@ -50,7 +51,7 @@ def test_multirun_gives_one_run_per_job_and_loads_data_once(out) -> None:
 
 
 def test_failure_inside_training_ends_failed_with_the_error(out) -> None:
-    result = run_cli(
+    result = cli_in_process(
         "model=tiny",
         *FAST,
         "trainer.max_epochs=2",
@@ -78,13 +79,16 @@ def test_help_is_fast_path_without_torch() -> None:
     )
     assert "NO_TORCH" in result.stdout, result.stderr
     assert "model: " in result.stdout and "stacked3x3" in result.stdout
+    groups = result.stdout.split("== Config ==")[0]
+    assert "data: cifar10, digits," in groups and "model: bottleneck1x1, deep," in groups
+    assert re.findall(r"[:,] _\w+", groups) == []  # no internal schema (_cnn, _mnist5k, ...)
 
 
 def test_same_seed_twice_gives_identical_val_loss_history(out) -> None:
     args = ("model=tiny", "data=digits", "analysis=none", *FAST, "trainer.max_epochs=3", "seed=7")
     args += ("data.augment=[{_target_:torchvision.transforms.v2.RandomAffine,degrees:10}]",)
-    for _ in range(2):
-        assert run_cli(*args, out=out).returncode == 0
+    for run in (run_cli, cli_in_process):  # a fresh process, then this worker's own
+        assert run(*args, out=out).returncode == 0
     client = store(out)
     histories = [
         [m.value for m in client.get_metric_history(r.info.run_id, "val_loss")]
@@ -96,7 +100,7 @@ def test_same_seed_twice_gives_identical_val_loss_history(out) -> None:
 
 def test_tracking_uri_env_wins_over_config(out, tmp_path) -> None:
     uri = f"sqlite:///{tmp_path}/team.db"
-    result = run_cli("model=tiny", *FAST, out=out, env={"MLFLOW_TRACKING_URI": uri})
+    result = cli_in_process("model=tiny", *FAST, out=out, env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (out / "mlflow.db").exists()
     from mlflow.tracking import MlflowClient

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 from pathlib import Path
@@ -12,15 +13,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torchvision import datasets
 
 from cnnexp import data
-from cnnexp.config import ConfigError
 from cnnexp.data.ondisk import write_cifar10
 from cnnexp.data.splits import split_indices, stratified_subset
-from tests.conftest import CONF, compose_cfg
+from cnnexp.errors import ConfigError
+from cnnexp.limits import check_settings
+from cnnexp.schema import DataConf, DigitsConf
+from cnnexp.typed import typed_section
+from tests.conftest import CONF, typed_cfg
 
 PRESETS = sorted(p.stem for p in (CONF / "data").glob("*.yaml") if not p.stem.startswith("_"))
 SHAPES = {
@@ -35,9 +38,10 @@ SHAPES = {
 }
 
 
-def compose_data(name: str, tmp_path: Path, *overrides: str) -> DictConfig:
-    """cfg.data of the real root config with data=<name>, outputs under tmp_path."""
-    return compose_cfg(f"data={name}", f"paths.output_dir={tmp_path}", *overrides).data
+def compose_data(name: str, tmp_path: Path, *overrides: str) -> DataConf:
+    """The typed data section of the real root config with data=<name>, outputs under
+    tmp_path."""
+    return typed_cfg(f"data={name}", f"paths.output_dir={tmp_path}", *overrides).data
 
 
 # --- files in torchvision's real on-disk formats ------------------------------------------------
@@ -320,7 +324,7 @@ def test_failed_download_says_so(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def digits_cfg(tmp_path_factory: pytest.TempPathFactory) -> DictConfig:
+def digits_cfg(tmp_path_factory: pytest.TempPathFactory) -> DataConf:
     return compose_data("digits", tmp_path_factory.mktemp("out"))
 
 
@@ -338,10 +342,13 @@ def valid_train_size(size: object, n_train: int) -> bool:
     test=st.sampled_from([0.0, 1.0]) | st.floats(-0.5, 1.5),
 )
 def test_check_accepts_exactly_the_valid_numbers(digits_cfg, batch, val, size, test) -> None:
-    cfg = OmegaConf.merge(
-        digits_cfg,
-        {"batch_size": batch, "val_fraction": val, "train_size": size, "test_fraction": test},
-    )
+    values = {"batch_size": batch, "val_fraction": val, "train_size": size, "test_fraction": test}
+    conf = typed_section("data", dataclasses.asdict(digits_cfg) | values, DigitsConf)
+
+    def check() -> None:
+        check_settings(conf, "data")
+        data.check(conf)
+
     n, classes = 1797, 10  # digits: every split needs an image of each class
     n_train = n - round(val * n) - round(test * n)
     valid = [  # in the order check() looks at them: schema ranges, then sizes
@@ -355,7 +362,7 @@ def test_check_accepts_exactly_the_valid_numbers(digits_cfg, batch, val, size, t
     ]
     bad = [key for key, ok in valid if not ok]
     if not bad:
-        data.check(cfg)
+        check()
         return
     with pytest.raises(ConfigError, match=rf"^data\.{bad[0]}: "):
-        data.check(cfg)
+        check()

@@ -22,8 +22,8 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from cnnexp import data
-from cnnexp.config import ConfigError
 from cnnexp.data.images import RowFile
+from cnnexp.errors import ConfigError
 from cnnexp.evaluate import images as predict_inputs
 from tests.test_data import compose_data
 
@@ -171,6 +171,7 @@ drawn_images = st.builds(
 )
 
 
+@pytest.mark.slow  # 60 generated folders, each decoded three ways
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     drawn=st.lists(drawn_images, min_size=6, max_size=8),
@@ -252,6 +253,7 @@ def test_a_damaged_cache_is_decoded_again_and_says_why(
     data.build(cfg)
     damage(next((tmp_path / "data" / "cache").iterdir()))
     cfg.split_seed += 1  # another split: this process's data cache does not answer for it
+    caplog.clear()  # what the first build said, where the root logger lets INFO through
     with caplog.at_level(logging.INFO, logger="cnnexp.data.folder"):
         dm = data.build(cfg)
     [line] = [r.getMessage() for r in caplog.records if r.name == "cnnexp.data.folder"]

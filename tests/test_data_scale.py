@@ -16,9 +16,9 @@ from PIL import Image
 
 from cnnexp import data
 from cnnexp.bench import cifar10_files, peak_rss_mb
-from cnnexp.config import ConfigError
 from cnnexp.data import sources
 from cnnexp.data.images import RowFile
+from cnnexp.errors import ConfigError
 from cnnexp.validate import validate
 from tests.conftest import FAST, all_runs, run_cli
 from tests.test_augment import CROP_FLIP, batches_seen

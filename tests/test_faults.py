@@ -13,14 +13,13 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from cnnexp.config import ConfigError
+from cnnexp.errors import ConfigError
 from cnnexp.train import train
-from tests.conftest import FAST, ROOT, all_runs, run_cli, store
+from tests.conftest import FAST, ROOT, all_runs, cli_in_process, run_cli, store, wait_for_marker
 from tests.helpers import default_sigint
 
 TINY = ["model=tiny", "data=digits", "analysis=none", *FAST]
@@ -49,12 +48,7 @@ def start_paused(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**base, "PYTHONUNBUFFERED": "1", **(env or {})}, preexec_fn=default_sigint,
     )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while not marker.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"never paused:\n{proc.communicate()[0][-3000:]}")
-        time.sleep(0.05)
+    wait_for_marker(marker, proc, 180)
     return proc, marker
 
 
@@ -68,7 +62,8 @@ def assert_each_epoch_once(out: Path, run_id: str, epochs: int) -> None:
 
 
 def test_absurd_learning_rate_stops_the_run_failed_with_the_reason(out) -> None:
-    result = run_cli(*TINY, "optimizer=sgd", "optimizer.lr=1e12", "trainer.max_epochs=3", out=out)
+    args = (*TINY, "optimizer=sgd", "optimizer.lr=1e12", "trainer.max_epochs=3")
+    result = cli_in_process(*args, out=out)
     assert result.returncode == 1  # a run that stopped, not bad input
     [line] = [x for x in result.stderr.splitlines() if x.startswith("cnnexp: error:")]
     assert "optimizer.lr: training diverged, loss nan" in line
@@ -175,7 +170,7 @@ class RunsCode:
 def test_a_crafted_checkpoint_is_refused_without_running_its_code(out, tmp_path) -> None:
     marker, crafted = tmp_path / "pwned", tmp_path / "evil.ckpt"
     crafted.write_bytes(pickle.dumps({"mlflow_run_id": "x", "state_dict": RunsCode(marker)}))
-    result = run_cli(*TINY, f"resume={crafted}", out=out)
+    result = cli_in_process(*TINY, f"resume={crafted}", out=out)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"cnnexp: error: resume: {crafted} is not a checkpoint that loads")
@@ -226,10 +221,10 @@ def test_a_finished_run_resumes_only_when_asked_and_then_logs_new_steps(out, com
 
 
 def test_resume_with_another_model_is_refused_in_one_line(out) -> None:
-    first = run_cli(*TINY, out=out)
+    first = cli_in_process(*TINY, out=out)
     assert first.returncode == 0, first.stderr[-2000:]
     [run] = all_runs(out)
-    result = run_cli(
+    result = cli_in_process(
         *TINY,
         "model=single5x5",
         "trainer.max_epochs=2",
@@ -245,7 +240,7 @@ def test_resume_with_another_model_is_refused_in_one_line(out) -> None:
 
 
 def test_resume_of_something_unknown_is_one_line(out) -> None:
-    result = run_cli(*TINY, "resume=no-such-run", out=out)
+    result = cli_in_process(*TINY, "resume=no-such-run", out=out)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [  # on a new store: no MLflow INFO lines
         "cnnexp: error: resume: 'no-such-run' is neither a checkpoint file nor a run id "

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from cnnexp.analysis.fit import diagnose, generalization_loss
-from tests.conftest import FAST, all_runs, compose_cfg, run_cli, store
+from cnnexp.analysis.fit import (
+    BEST_EPOCH,
+    best_epoch,
+    diagnose,
+    generalization_loss,
+    learning_curve_figure,
+)
+from tests.conftest import FAST, all_runs, cli_in_process, compose_cfg, store
 
 
 def curves(train: list[float], val: list[float], epochs: list[int] | None = None, **acc) -> dict:
@@ -63,6 +69,33 @@ def test_accuracy_near_chance_is_not_learning_whatever_the_losses_do() -> None:
     assert diagnose(learnt, chance=0.1).label == "underfit"
 
 
+def test_the_best_epoch_is_the_first_with_the_highest_val_acc_whatever_val_loss_does() -> None:
+    """The checkpoint's epoch (val_acc, max), not the val_loss minimum: one definition for the
+    diagnosis, its reason, the learning-curve figure (and the report and explorer, which read
+    the same function or the metric `best_epoch` it logs)."""
+    history = curves(
+        [1.0, 0.6, 0.4, 0.3, 0.2],
+        [0.9, 0.7, 0.65, 0.68, 0.75],  # lowest at epoch 2, then rising: GL 4.6 %, 15.4 %
+        val_acc=[0.6, 0.7, 0.78, 0.81, 0.81],  # highest first at epoch 3
+    )
+    result = diagnose(history)
+    assert best_epoch(history["val_acc"]) == result.best_epoch == 3
+    assert result.label == "overfit" and "at epoch 2" in result.reason  # the val_loss minimum
+    assert result.generalization_gap == pytest.approx(0.68 - 0.3)
+    figure = learning_curve_figure(history, result)
+    assert f"{BEST_EPOCH}: 3" in figure._suptitle.get_text()
+    assert BEST_EPOCH in [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert best_epoch({}) is None
+
+
+def test_each_label_says_why() -> None:
+    assert diagnose(curves([1.0], [1.1])).reason == "one epoch only"
+    underfit = diagnose(curves([2.0, 1.5], [2.0, 1.5]))
+    assert underfit.reason == "val_loss still fell 25.0% in the last epoch, more than 1%"
+    good = diagnose(curves([0.9, 0.5, 0.4, 0.4], [1.0, 0.5, 0.49, 0.5]))
+    assert good.label == "good fit" and good.reason.startswith("val_loss levelled off: +2.0%")
+
+
 def test_no_epoch_with_both_curves_is_rejected() -> None:
     with pytest.raises(ValueError, match="at least one epoch"):
         diagnose({"train_loss": {0: 1.0}, "val_loss": {}})
@@ -79,7 +112,7 @@ def test_three_epoch_run_logs_fit_diagnosis(out) -> None:
     # digits: the tiny net learns it within 3 epochs (val_acc ≈ 0.67); on 300 MNIST images it
     # stays at chance, and the run is then rightly labelled "not learning".
     args = ("model=tiny", "data=digits", *FAST, "trainer.max_epochs=3")
-    result = run_cli(*args, "callbacks=early_stopping", out=out)
+    result = cli_in_process(*args, "callbacks=early_stopping", out=out)
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = all_runs(out)
     assert run.data.metrics["val_acc"] > 0.3
@@ -87,7 +120,9 @@ def test_three_epoch_run_logs_fit_diagnosis(out) -> None:
     client, run_id = store(out), run.info.run_id
     val_loss = {m.step: m.value for m in client.get_metric_history(run_id, "val_loss")}
     assert sorted(val_loss) == [0, 1, 2]  # one value per epoch, steps are epoch indices
-    assert run.data.metrics["best_epoch"] == min(val_loss, key=val_loss.get)
+    val_acc = {m.step: m.value for m in client.get_metric_history(run_id, "val_acc")}
+    assert run.data.metrics["best_epoch"] == best_epoch(val_acc)
+    assert run.data.tags["fit_reason"]  # the numbers behind the label
     assert "generalization_gap" in run.data.metrics
     paths = {a.path for a in client.list_artifacts(run_id)}
     assert "learning_curve.png" in paths

@@ -15,11 +15,10 @@ from torch import nn
 
 from cnnexp.analysis.health import conv_blocks
 from cnnexp.analysis.receptive_field import receptive_fields
-from cnnexp.config import ConfigError
-from cnnexp.models import blocks as B
-from cnnexp.models.blocks import build_net, plan_net
+from cnnexp.errors import ConfigError
+from cnnexp.models.graph import BLOCKS, build_net, parse_blocks, plan_net
 from cnnexp.models.reference import torchvision_net
-from tests.conftest import FAST, all_runs, block_shapes, run_cli, store
+from tests.conftest import FAST, all_runs, block_shapes, cli_in_process, store
 
 C3 = {"conv": 3, "channels": 8}
 BAD = [
@@ -51,7 +50,10 @@ BAD = [
     ),
     ([C3, {"conv": 3, "channels": 12, "groups": 3}], "model.blocks[1].groups: 3 does not divide"),
     ([C3, {"conv": 3, "channels": 8, "groups": 16}], "model.blocks[1].groups: 16 does not divide"),
-    ([{"conv": 3, "channels": 8, "activation": "relu6"}], "model.blocks[0].activation: unknown"),
+    (
+        [{"conv": 3, "channels": 8, "activation": "relu6"}],
+        "model.blocks[0].activation: 'relu6' is not allowed",
+    ),
     ([C3, {"residual": [{"conv": 3, "channels": 8, "padding": 0}]}], "model.blocks[1].residual: "),
     ([C3, {"residual": [C3], "activaton": "none"}], "model.blocks[1].activaton: unknown key"),
     (
@@ -67,7 +69,7 @@ BAD = [
 @pytest.mark.parametrize(("blocks", "message"), BAD)
 def test_bad_graphs_name_the_block(blocks: list, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        plan_net(blocks, (1, 8, 8))
+        plan_net(parse_blocks(blocks), (1, 8, 8))
 
 
 def test_the_issue_example_plans_builds_and_names_every_conv() -> None:
@@ -89,7 +91,7 @@ def test_the_issue_example_plans_builds_and_names_every_conv() -> None:
         {"conv": 3, "channels": 24, "groups": 24},
         {"repeat": 2, "blocks": [{"conv": 3, "channels": 24}]},
     ]
-    plan = plan_net(blocks, (1, 28, 28))
+    plan = plan_net(parse_blocks(blocks), (1, 28, 28))
     net = build_net(plan, 10, "gap", None)
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert list(conv_blocks(net)) == [f"conv{i}" for i in range(1, 11)]
@@ -105,7 +107,7 @@ def test_the_issue_example_plans_builds_and_names_every_conv() -> None:
 
 def test_residual_projects_its_shortcut_when_the_body_changes_shape() -> None:
     body = [{"conv": 3, "channels": 16, "stride": 2, "padding": 1}, {"conv": 3, "channels": 16}]
-    plan = plan_net([C3, {"residual": body}], (1, 9, 9))
+    plan = plan_net(parse_blocks([C3, {"residual": body}]), (1, 9, 9))
     [res] = [n for n in plan.nodes if n.name == "res1"]
     assert res.out_shape == (16, 5, 5) and res.projection.stride == 2
     net = build_net(plan, 3, "gap", None)
@@ -115,20 +117,20 @@ def test_residual_projects_its_shortcut_when_the_body_changes_shape() -> None:
 
 
 def plan_identity_shortcut() -> nn.Module:
-    plan = plan_net([C3, {"residual": [C3, C3]}], (1, 8, 8))
+    plan = plan_net(parse_blocks([C3, {"residual": [C3, C3]}]), (1, 8, 8))
     return build_net(plan, 3, "gap", None).features.res1.shortcut
 
 
 def test_width_multiplies_channels_and_keeps_depthwise() -> None:
     blocks = [{"conv": 3, "channels": 8}, {"conv": 3, "channels": 8, "groups": 8}]
-    plan = plan_net(blocks, (1, 8, 8), width=0.5)
+    plan = plan_net(parse_blocks(blocks), (1, 8, 8), width=0.5)
     convs = [n.block for n in plan.walk()]
     assert [(c.channels, c.groups) for c in convs] == [(4, 1), (4, 4)]
 
 
 # ---- receptive fields of each new block kind, by hand: r = r_prev + (k - 1) * S_prev ----
 def rf_of(blocks: list, shape=(1, 16, 16)) -> dict[str, int]:
-    net = build_net(plan_net(blocks, shape), 2, "gap", None)
+    net = build_net(plan_net(parse_blocks(blocks), shape), 2, "gap", None)
     return {row.name: row.size for row in receptive_fields(net, shape)}
 
 
@@ -194,7 +196,7 @@ graphs = st.lists(st.recursive(leaf(), nest, max_leaves=8), min_size=1, max_size
 @given(graphs, st.integers(4, 12), st.integers(1, 2))
 def test_random_graphs_plan_what_torch_computes(raw: list, side: int, channels: int) -> None:
     try:
-        plan = plan_net(raw, (channels, side, side), batch_norm=False)
+        plan = plan_net(parse_blocks(raw), (channels, side, side), batch_norm=False)
     except ConfigError as err:
         assert_path_exists(str(err), raw)
         return
@@ -218,14 +220,14 @@ BREAKS = [  # (how a valid block is broken, what kind of error it must give)
 def test_broken_graphs_name_the_broken_block(raw: list, brk, data) -> None:
     """One block anywhere in a valid graph is broken: the error starts with that block's path."""
     try:
-        plan_net(raw, (2, 12, 12))
+        plan_net(parse_blocks(raw), (2, 12, 12))
     except ConfigError:
         assume(False)
     container, index, path = data.draw(st.sampled_from(list(block_slots(raw))))
     change, kind = brk
     container[index] = change(dict(container[index]))
     with pytest.raises(ConfigError) as err:
-        plan_net(raw, (2, 12, 12))
+        plan_net(parse_blocks(raw), (2, 12, 12))
     assert kind in str(err.value)
     assert re.match(re.escape(path) + r"[.:]", str(err.value)), (path, str(err.value))
     assert_path_exists(str(err.value), raw)
@@ -257,7 +259,7 @@ def assert_path_exists(message: str, raw: list) -> None:
             node = node[int(index)]
         else:
             assert isinstance(node, dict), message
-            kind = next((B.BLOCKS[k] for k in B.BLOCKS if k in node), None)
+            kind = next((BLOCKS[k] for k in BLOCKS if k in node), None)
             fields = {f for f in kind.__dataclass_fields__} if kind else set()
             assert key in node or key in fields, message
             node = node.get(key)
@@ -293,7 +295,7 @@ GRAPH = (
 
 def test_cli_bad_nested_block_is_one_line_and_opens_no_run(out) -> None:
     bad = GRAPH.replace("{conv:3,channels:2}", "{conv:3,channels:2,strid:2}")
-    result = run_cli("model=tiny", "data=digits", bad, out=out)
+    result = cli_in_process("model=tiny", "data=digits", bad, out=out)
     assert result.returncode == 2
     assert result.stderr == (
         "cnnexp: error: model.blocks[2].parallel[1][1].strid: unknown key (did you mean "
@@ -305,7 +307,9 @@ def test_cli_bad_nested_block_is_one_line_and_opens_no_run(out) -> None:
 
 @pytest.mark.slow
 def test_graph_run_is_analysed_per_conv_and_pictured(out) -> None:
-    result = run_cli("model=tiny", "data=digits", GRAPH, *FAST, "data.train_size=200", out=out)
+    result = cli_in_process(
+        "model=tiny", "data=digits", GRAPH, *FAST, "data.train_size=200", out=out
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = all_runs(out)
     client, run_id = store(out), run.info.run_id
@@ -325,7 +329,8 @@ def test_graph_run_is_analysed_per_conv_and_pictured(out) -> None:
 @pytest.mark.slow
 def test_torchvision_reference_trains_and_is_analysed(out) -> None:
     args = ("model=torchvision", "model.arch=resnet18", "data=digits", "data.train_size=100")
-    result = run_cli(*args, *FAST, out=out)
+    small = ("analysis.max_channels=4", "analysis.top_k=2", "analysis.patch_images=64")
+    result = cli_in_process(*args, *small, *FAST, out=out)  # every analysis, of 4 channels a layer
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = all_runs(out)
     assert run.info.run_name == "resnet18-builtin-digits" and run.info.status == "FINISHED"
@@ -343,7 +348,7 @@ def test_architecture_picture_has_a_box_per_block_with_shape_params_and_rf() -> 
         {"residual": [C3, C3]},
         {"parallel": [[C3], [{"pool": "max", "size": 3, "stride": 1, "padding": 1}, C3]]},
     ]
-    plan = plan_net(raw, (1, 8, 8))
+    plan = plan_net(parse_blocks(raw), (1, 8, 8))
     net = build_net(plan, 2, "gap", None)
     fig = architecture_figure(net, (1, 8, 8), plan, "example")
     texts = [t.get_text() for t in fig.axes[0].texts]

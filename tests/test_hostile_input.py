@@ -51,7 +51,7 @@ SMUGGLED = [  # (overrides with MAKEDIRS somewhere, the key the line names)
         [f"trainer.strategy={MAKEDIRS}"],
         "trainer.strategy._target_: 'os.makedirs' is not allowed: nothing is built from this key",
     ),
-    ([f"+x={MAKEDIRS}"], "x._target_: 'os.makedirs' is not allowed: nothing is built"),
+    ([f"+x={MAKEDIRS}"], "x: unknown key (allowed: analysis, "),
     (["optimizer._target_=os.makedirs", "+optimizer.name=MARKER"], "optimizer._target_: "),
 ]
 

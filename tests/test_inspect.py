@@ -6,19 +6,16 @@ import pytest
 import torch
 import torchvision.models as tvm
 
+from cnnexp import api
 from cnnexp.layers import format_rows, inspect, layer_rows
-from tests.conftest import compose_cfg, run_cli
+from tests.conftest import cli_in_process
 
 
 def conv_rows(preset: str, tmp_path, *overrides: str) -> dict:
-    cfg = compose_cfg(
-        "task=inspect",
-        f"model={preset}",
-        "data=mnist5k",
-        f"paths.output_dir={tmp_path}",
-        *overrides,
-    )
-    return {r.name: r for r in inspect(cfg) if r.op == "Conv2d"}
+    """The conv rows of `task=inspect` composed as a CLI job (HydraConfig set while it runs)."""
+    args = ["task=inspect", f"model={preset}", "data=mnist5k", f"paths.output_dir={tmp_path}"]
+    with api.job([*args, *overrides]) as cfg:
+        return {r.name: r for r in inspect(cfg) if r.op == "Conv2d"}
 
 
 def test_stacked3x3_reaches_the_5x5_field_with_fewer_weights(tmp_path, capsys) -> None:
@@ -66,7 +63,7 @@ def test_table_shows_height_by_width_and_whole_fields() -> None:
 
 @pytest.mark.slow
 def test_cli_inspects_a_torchvision_model_without_a_run(out) -> None:
-    result = run_cli("task=inspect", "+inspect_model=resnet18", out=out)
+    result = cli_in_process("task=inspect", "+inspect_model=resnet18", out=out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "layer4.1.conv2" in result.stdout and "params 11,689,512" in result.stdout
     assert not (out / "mlflow.db").exists()

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cnnexp.config import ConfigError
+from cnnexp.errors import ConfigError
 from cnnexp.tracking import mlflow_run
-from tests.conftest import FAST, run_cli
+from tests.conftest import FAST, cli_in_process
 from tests.mlflow_server import MlflowServer, free_port
 
 EPOCHS = 2
@@ -51,7 +51,7 @@ def test_sweep_logs_runs_curves_and_images_to_a_real_server(mlflow_server, out) 
     cheap_analysis = ["analysis.erf_samples=2", "analysis.health_images=32", "analysis.n_images=2"]
     args = ("-m", "model=tiny,stacked3x3", "data=digits", f"trainer.max_epochs={EPOCHS}", *fast)
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
-    result = run_cli(*args, *cheap_analysis, out=out, env=env)
+    result = cli_in_process(*args, *cheap_analysis, out=out, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
 
     experiment = rest(mlflow_server, "experiments/get-by-name", experiment_name="cnnexp")
@@ -92,7 +92,9 @@ def test_sweep_logs_runs_curves_and_images_to_a_real_server(mlflow_server, out) 
 
 def test_unreachable_server_stops_the_run_before_training_with_one_line(out) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
-    result = run_cli("model=tiny", "data=digits", *FAST, out=out, env={"MLFLOW_TRACKING_URI": url})
+    result = cli_in_process(
+        "model=tiny", "data=digits", *FAST, out=out, env={"MLFLOW_TRACKING_URI": url}
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [
         f"cnnexp: error: MLFLOW_TRACKING_URI: cannot reach MLflow server {url} (connection refused)"

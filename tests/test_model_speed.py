@@ -22,7 +22,7 @@ from torch._dynamo.utils import counters
 from cnnexp import models
 from cnnexp.evaluate import evaluate
 from cnnexp.train import train
-from tests.conftest import FAST, all_runs, compose_cfg
+from tests.conftest import FAST, all_runs, typed_cfg
 from tests.helpers import is_nhwc
 from tests.test_data import write_image_folder
 
@@ -85,7 +85,7 @@ def test_channels_last_run_feeds_nhwc_weights_and_batches(out, compose_job, tmp_
     ids=["tiny", "resnet_small", "inception_small", "mobilenet_small", "flatten", "resnet18"],
 )
 def test_channels_last_net_gives_the_outputs_of_the_nchw_net(model, input_shape) -> None:
-    cfg = compose_cfg(*model, "model.channels_last=true")
+    cfg = typed_cfg(*model, "model.channels_last=true")
     torch.manual_seed(0)
     net = models.build(cfg.model, input_shape, 10).eval()
     nchw = copy.deepcopy(net)
@@ -104,7 +104,7 @@ def test_compiled_run_keeps_the_eager_checkpoint_keys_and_evaluates(out, compose
     train(compose_job(*LEAN, "model.compile=true"))
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled the steps' forward
     run = finished_run(out)
-    cfg = compose_cfg(*LEAN)
+    cfg = typed_cfg(*LEAN)
     eager = models.Classifier(models.build(cfg.model, (1, 8, 8), 10), 10)
     keys = set(best_checkpoint(out)["state_dict"])
     assert keys == set(eager.state_dict()) and all(k.startswith("net.") for k in keys)

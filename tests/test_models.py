@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from cnnexp import data, models
-from cnnexp.models.blocks import build_net, plan_net
 from cnnexp.models.facts import flops_per_image, n_params
-from tests.conftest import CONF, block_shapes, compose_cfg
+from cnnexp.models.graph import build_net, parse_blocks, plan_net
+from cnnexp.schema import ACTIVATIONS
+from tests.conftest import CONF, block_shapes, typed_cfg
 
 PRESETS = sorted(
     p.stem
@@ -21,11 +22,11 @@ OFFLINE = ["mnist5k", "digits", "shapes"]
 @pytest.mark.parametrize("data_name", OFFLINE)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_forward_backward(preset: str, data_name: str, tmp_path) -> None:
-    cfg = compose_cfg(f"model={preset}", f"data={data_name}", f"paths.output_dir={tmp_path}")
+    cfg = typed_cfg(f"model={preset}", f"data={data_name}", f"paths.output_dir={tmp_path}")
     dm = data.build(cfg.data)
     net = models.build(cfg.model, dm.input_shape, dm.num_classes)
     x, y = dm.inputs(dm.train[0][:16]), dm.train[1][:16]
-    plan = models.plan(cfg.model, dm.input_shape)
+    plan = models.kind(cfg.model).plan(cfg.model, dm.input_shape)
     predicted = {node.name: node.out_shape for node in plan.walk()}
     seen, logits = block_shapes(net, predicted, x)
     assert seen == predicted
@@ -37,15 +38,15 @@ def test_preset_forward_backward(preset: str, data_name: str, tmp_path) -> None:
         assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
 
 
-@pytest.mark.parametrize("activation", sorted(models.ACTIVATIONS))
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_every_activation_builds_with_its_args(activation: str) -> None:
-    cfg = compose_cfg("model=tiny", f"model.activation={activation}")
+    cfg = typed_cfg("model=tiny", f"model.activation={activation}")
     net = models.build(cfg.model, (1, 28, 28), 10)
-    assert type(net.features.conv1.act) is models.ACTIVATIONS[activation]
+    assert type(net.features.conv1.act).__name__ == ACTIVATIONS[activation]
 
 
 def test_leaky_relu_slope_comes_from_config() -> None:
-    cfg = compose_cfg(
+    cfg = typed_cfg(
         "model=tiny",
         "model.activation=leaky_relu",
         "model.activation_args.leaky_relu.negative_slope=0.2",
@@ -55,7 +56,10 @@ def test_leaky_relu_slope_comes_from_config() -> None:
 
 def test_facts_count_params_and_flops() -> None:
     net = build_net(
-        plan_net([{"conv": 3, "channels": 4, "batch_norm": False}], (1, 8, 8)), 2, "gap", None
+        plan_net(parse_blocks([{"conv": 3, "channels": 4, "batch_norm": False}]), (1, 8, 8)),
+        2,
+        "gap",
+        None,
     )
     assert n_params(net) == (9 * 4 + 4) + (4 * 2 + 2)
     # 2 FLOPs per MAC: conv 8*8*4*9 MACs, linear 4*2 MACs

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cnnexp.config import ConfigError
-from cnnexp.features.run import orb_settings
+from cnnexp.errors import ConfigError
+from cnnexp.features.orb import orb_settings
 from cnnexp.validate import validate
-from tests.conftest import all_runs, compose_cfg, run_cli, store
+from tests.conftest import all_runs, cli_in_process, store, typed_cfg
 
 ORB_METRICS = [
     "val_acc",
@@ -23,9 +23,9 @@ ORB_METRICS = [
 
 
 def test_orb_bovw_config_composes_with_its_run_name() -> None:
-    cfg = compose_cfg("model=orb_bovw")
+    cfg = typed_cfg("model=orb_bovw")
     assert cfg.logger.run_name == "orb_bovw-orb-mnist5k"
-    assert orb_settings(cfg.model, (28, 28)).upscale == 4
+    assert orb_settings(cfg.model.orb, (28, 28)).upscale == 4
 
 
 @pytest.mark.parametrize(
@@ -40,15 +40,14 @@ def test_orb_bovw_config_composes_with_its_run_name() -> None:
         ("model.vocab_size=1", "model.vocab_size: 1 is not allowed"),
     ],
 )
-def test_bad_orb_settings_name_the_key(override, message) -> None:
-    cfg = compose_cfg("model=orb_bovw", override)
+def test_bad_orb_settings_name_the_key(override, message, compose_job) -> None:
     with pytest.raises(ConfigError, match=message):
-        validate(cfg)
+        validate(compose_job("model=orb_bovw", override))
 
 
 @pytest.mark.slow
 def test_orb_run_lands_finished_with_metrics_and_figures(out) -> None:
-    result = run_cli("model=orb_bovw", "data.train_size=1000", out=out)
+    result = cli_in_process("model=orb_bovw", "data.train_size=1000", out=out)
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = all_runs(out)
     assert run.info.status == "FINISHED"
@@ -68,7 +67,7 @@ def test_orb_run_lands_finished_with_metrics_and_figures(out) -> None:
 
 @pytest.mark.slow
 def test_bad_orb_setting_gives_one_line_and_opens_no_run(out) -> None:
-    result = run_cli("model=orb_bovw", "model.orb.patch_size=1", out=out)
+    result = cli_in_process("model=orb_bovw", "model.orb.patch_size=1", out=out)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     ours = [line for line in result.stderr.splitlines() if line.startswith("cnnexp: error:")]

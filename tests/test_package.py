@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, all_runs, run_cli, store
+from tests.conftest import ROOT, all_runs, cli_in_process, run_cli, store
 
 RUN = ["model=tiny", "data=digits", "trainer.max_epochs=1", "analysis=none", "trainer=cpu"]
 MYNET = (
@@ -65,7 +65,7 @@ def venv(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_installed_command_trains_into_the_working_dir(venv: Path, tmp_path: Path) -> None:
-    code = "import cnnexp.config as c; print(c.__file__); print(c.config_dir())"
+    code = "import cnnexp.paths as c; print(c.__file__); print(c.config_dir())"
     module, conf = map(Path, check(venv / "bin" / "python", "-c", code, cwd=tmp_path).split())
     assert module.is_relative_to(venv) and conf == module.parent / "conf"
     assert "stacked3x3" in check(venv / "bin" / "cnnexp", "--help", cwd=tmp_path)
@@ -102,7 +102,9 @@ def test_installed_command_reports_each_failed_sweep_job(venv: Path, tmp_path: P
 @pytest.mark.parametrize("add", ["--config-dir={}", "hydra.searchpath=[file://{}]"])
 def test_a_user_config_dir_adds_a_model(add: str, tmp_path: Path, out: Path) -> None:
     folder = user_config_dir(tmp_path)
-    result = run_cli(add.format(folder), "model=mynet", "data=digits", "task=inspect", out=out)
+    result = cli_in_process(
+        add.format(folder), "model=mynet", "data=digits", "task=inspect", out=out
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mynet on digits" in result.stdout and "6x8x8" in result.stdout
 

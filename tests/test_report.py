@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cnnexp.config import ConfigError
+from cnnexp.analysis.fit import BEST_EPOCH
+from cnnexp.errors import ConfigError
 from cnnexp.report import report
 from cnnexp.report.pages import Page, html_page, markdown_page
 from cnnexp.report.plots import mean_curve
@@ -22,7 +23,7 @@ from cnnexp.report.table import (
     seed_groups,
     seed_verdicts,
 )
-from tests.conftest import FAST, compose_cfg, run_cli, store
+from tests.conftest import FAST, cli_in_process, compose_job_cfg, store
 
 FIGURES = {"val_curves.png", "accuracy_vs_params.png"}
 
@@ -70,9 +71,9 @@ def test_rows_show_facts_best_val_acc_and_a_dash_for_what_a_run_lacks() -> None:
     assert (first["run"], second["run"], last["run"]) == ("cnn", "orb", "bad (FAILED)")
     assert first["params"] == "65,834" and first["FLOPs/image"] == "2.99 M"
     assert (first["RF"], first["ERF"], first["train img/s"]) == ("16", "9", "1,234")
-    assert (first["best val_acc"], first["epoch"], first["fit"]) == ("0.9000", "1", "overfit")
+    assert (first["best val_acc"], first[BEST_EPOCH], first["fit"]) == ("0.9000", "1", "overfit")
     assert first["infer img/s"] == second["params"] == second["RF"] == second["fit"] == "–"
-    assert (second["best val_acc"], second["epoch"]) == ("0.6000", "0")
+    assert (second["best val_acc"], second[BEST_EPOCH]) == ("0.6000", "0")
     assert last["best val_acc"] == last["test_acc"] == "–"
 
 
@@ -114,7 +115,7 @@ def test_runs_differing_only_in_seed_are_one_row_with_mean_std_and_n() -> None:
         "3", "0, 1, 2", "2", "0, 1", "1", "7"
     )  # fmt: skip
     assert a["test_acc"] == "0.9800 ± 0.0100"  # mean ± sample std (n − 1)
-    assert a["best val_acc"] == "0.9200 ± 0.0200" and a["epoch"] == "1"
+    assert a["best val_acc"] == "0.9200 ± 0.0200" and a[BEST_EPOCH] == "1"
     assert a["params"] == "1,000"  # equal in every seed: the value alone
     assert a["fit"] == "good fit ×2, underfit ×1" and b["fit"] == "good fit"
     assert c["test_acc"] == "0.5000" and "seed" not in comparison_table(runs).header
@@ -153,11 +154,12 @@ def test_bad_report_config_or_missing_store_writes_nothing(
     override, message, tmp_path, monkeypatch
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = compose_cfg("task=report", f"paths.output_dir={tmp_path}", override)
+    out = tmp_path / "outputs"
+    cfg = compose_job_cfg(out, "task=report", override)  # as a CLI job: HydraConfig set
     with pytest.raises(ConfigError) as err:
         report(cfg)
     assert str(err.value).startswith(message)
-    assert list(tmp_path.iterdir()) == []  # no store created, no report folder
+    assert not out.exists() or list(out.rglob("*")) == []  # no store created, no report folder
 
 
 # --- end to end: real runs in a temp store, the real CLI -----------------------------------
@@ -187,7 +189,7 @@ def report_runs(out) -> dict:
 def run_report(out, *overrides: str):
     """task=report; returns (result, the new report folder, the new report run)."""
     folders, runs = set((out / "reports").glob("*")), report_runs(out)
-    result = run_cli("task=report", *overrides, out=out)
+    result = cli_in_process("task=report", *overrides, out=out)
     assert result.returncode == 0, result.stderr[-3000:]
     [folder] = set((out / "reports").glob("*")) - folders
     [new] = [r for run_id, r in report_runs(out).items() if run_id not in runs]
@@ -201,7 +203,7 @@ def runs_out(tmp_path_factory):
     sweep = ["-m", "model=stacked3x3,tiny", "data=digits", *FAST, "trainer.max_epochs=2"]
     orb = ["model=orb_bovw", "data.train_size=300", "model.vocab_size=50", *FAST]
     for args in (sweep, orb):
-        result = run_cli(*args, out=out)
+        result = cli_in_process(*args, out=out)
         assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -267,7 +269,7 @@ def test_sweep_id_selects_one_sweep_and_reports_never_compare_reports(runs_out) 
     compared = set(second.data.tags["compared_runs"].split(","))
     assert compared == {r.info.run_id for r in runs} and first.info.run_id not in compared
     assert len(md_rows((folder / "report.md").read_text())) == 3
-    of_reports = run_cli("task=report", "report.experiment=cnnexp-reports", out=runs_out)
+    of_reports = cli_in_process("task=report", "report.experiment=cnnexp-reports", out=runs_out)
     assert of_reports.returncode == 2  # its runs are all reports: nothing to compare
     assert (
         "cnnexp: error: report.experiment: experiment 'cnnexp-reports' has no runs to compare"
@@ -286,7 +288,7 @@ def test_sweep_id_selects_one_sweep_and_reports_never_compare_reports(runs_out) 
 )
 def test_bad_selection_exits_2_with_one_line_and_no_report(override, message, runs_out) -> None:
     folders, runs = set((runs_out / "reports").glob("*")), report_runs(runs_out)
-    result = run_cli("task=report", override, out=runs_out)
+    result = cli_in_process("task=report", override, out=runs_out)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("cnnexp: error:")]
@@ -301,9 +303,9 @@ def test_bad_selection_exits_2_with_one_line_and_no_report(override, message, ru
 @pytest.mark.slow
 def test_report_reads_from_and_logs_to_a_real_mlflow_server(mlflow_server, out) -> None:
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
-    trained = run_cli("model=tiny", "data=digits", "analysis=none", *FAST, out=out, env=env)
+    trained = cli_in_process("model=tiny", "data=digits", "analysis=none", *FAST, out=out, env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    result = run_cli("task=report", out=out, env=env)
+    result = cli_in_process("task=report", out=out, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(mlflow_server.url)
     [run] = client.search_runs([client.get_experiment_by_name("cnnexp").experiment_id])
@@ -323,7 +325,7 @@ def test_report_reads_from_and_logs_to_a_real_mlflow_server(mlflow_server, out) 
 @pytest.mark.slow
 def test_a_seed_sweep_is_one_report_row_with_the_stores_mean_and_std(out) -> None:
     sweep = ["-m", "model=tiny", "data=digits", "analysis=none", *FAST, "seed=0,1,2"]
-    result = run_cli(*sweep, out=out)
+    result = cli_in_process(*sweep, out=out)
     assert result.returncode == 0, result.stderr[-3000:]
     _, folder, _ = run_report(out)
     [row] = md_rows((folder / "report.md").read_text())

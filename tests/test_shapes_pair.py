@@ -10,9 +10,9 @@ import torch
 from scipy import ndimage
 
 from cnnexp import data
-from cnnexp.config import ConfigError
 from cnnexp.data.shapes import draw_shape_pairs, draw_shapes
-from tests.conftest import compose_cfg
+from cnnexp.errors import ConfigError
+from tests.conftest import typed_cfg
 
 
 def marks_of(image: torch.Tensor) -> list[tuple[np.ndarray, int]]:
@@ -57,7 +57,7 @@ def test_shapes_keeps_its_images() -> None:
 
 
 def test_preset_builds_balanced_splits(tmp_path: Path) -> None:
-    cfg = compose_cfg("data=shapes_pair", f"paths.output_dir={tmp_path}", "data.n_samples=400")
+    cfg = typed_cfg("data=shapes_pair", f"paths.output_dir={tmp_path}", "data.n_samples=400")
     dm = data.build(cfg.data)
     assert dm.class_names == ["different", "same"] and dm.input_shape == (1, 32, 32)
     assert [len(s[1]) for s in (dm.train, dm.val, dm.test)] == [280, 40, 80]
@@ -76,8 +76,8 @@ MISTAKES = [
 
 @pytest.mark.parametrize(("override", "message"), MISTAKES)
 def test_bad_layout_is_one_line_config_error(override: str, message: str, tmp_path: Path) -> None:
-    cfg = compose_cfg("data=shapes_pair", f"paths.output_dir={tmp_path}", override)
     with pytest.raises(ConfigError) as caught:
+        cfg = typed_cfg("data=shapes_pair", f"paths.output_dir={tmp_path}", override)
         data.check(cfg.data)
         data.build(cfg.data)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cnnexp.config import register_resolvers
+from cnnexp.paths import register_resolvers
 from cnnexp.tracking import run_tags
 from tests.conftest import CONF, FAST, all_runs, compose_cfg, run_cli, store
 
@@ -149,7 +149,7 @@ def test_failing_jobs_are_listed_and_the_others_still_run(out) -> None:
     log = sweep_dir(out) / "0" / "__main__.log"  # the bug's traceback: in the job's log only
     assert job_lines[0].endswith(f"outputs: {sweep_dir(out) / '0'}; traceback: {log})")
     assert "Traceback" in log.read_text() and "Traceback" not in result.stdout + result.stderr
-    assert "failed: model.activation: unknown value 'swish'" in job_lines[1]
+    assert "failed: model.activation: 'swish' is not allowed" in job_lines[1]
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ from tests.conftest import FAST, all_runs, store
 
 pytestmark = pytest.mark.slow
 BASE = ["model=tiny", "data=digits", *FAST, "trainer.max_epochs=3"]  # 20 training batches/epoch
+BASE += ["analysis.n_images=2", "analysis.max_channels=4", "analysis.erf_samples=2"]  # every
+BASE += ["analysis.health_images=32", "analysis.patch_images=64", "analysis.top_k=2"]  # kind
 ALL = [0, 1, 2]  # every epoch
 BOTH = {"best", "latest"}  # the best checkpoint (callbacks=default) and the latest state
 

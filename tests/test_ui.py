@@ -1,15 +1,20 @@
 """The links a run prints open MLflow's UI in Model training mode, on the cnnexp dashboard: a real
-run in a temp store, a real `mlflow server` over it (as `make ui` serves it), headless chromium."""
+run in a temp store, a real `mlflow server` over it (as `make ui` serves it), headless chromium
+at 1280×800; every image card of the run shows its picture, at least 256 px wide (the sizes
+measured and the screenshots looked at are kept in the test's tmp dir)."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from cnnexp.tracking.dashboard import LEARNING_CURVES, ui_address
+from cnnexp.tracking.dashboard import IMAGES_SECTION, LEARNING_CURVES, run_images, ui_address
 from tests.browser import browser_page, screenshot
-from tests.conftest import FAST, run_cli
+from tests.conftest import FAST, all_runs, cli_in_process, store
 from tests.mlflow_server import running_mlflow_server
 
 WAIT_MS = 120_000  # the UI's first load on a busy 2-core machine
@@ -18,6 +23,13 @@ CLOSED_ASSISTANT = (  # as after a person closed the assistant panel once: room 
     "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
     "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false')"
 )
+
+
+VIEWPORT = (1280, 800)
+CARD = "experiment-view-compare-runs-card"  # data-testid of a chart card
+THUMBNAIL_PX = 256  # the card shows MlflowClient.log_image's 256 px thumbnail, never larger
+NO_IMAGE = "No image logged"
+MAX_WHEELS, RENDER_MS = 20, 3000  # a card not there after a wheel gets another one
 
 
 def printed_url(stdout: str, label: str, server_url: str) -> str:
@@ -31,26 +43,59 @@ def assert_model_training(page) -> None:
     assert page.get_by_role("link", name=GENAI_ONLY).count() == 0
 
 
-def assert_visible_in_viewport(page, image) -> None:
-    image.scroll_into_view_if_needed()
-    page.wait_for_function(
-        "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
-    )
-    box, view = image.bounding_box(), page.viewport_size
-    assert box["width"] > 0 and box["height"] > 0
-    assert box["y"] >= 0 and box["y"] + box["height"] <= view["height"]
-    assert box["x"] >= 0 and box["x"] + box["width"] <= view["width"]
+def shot(page, folder: Path, name: str) -> None:
+    """A screenshot in the test's tmp dir (and in CNNEXP_SCREENSHOTS, for the README)."""
+    page.screenshot(path=str(folder / f"{name}.png"))
+    screenshot(page, name)
+
+
+def image_card(page, key: str):
+    """The chart card of image key `key`, scrolled into view, its picture (or its note that
+    there is none at the slider's step) loaded. Cards render once near the view: the page is
+    wheeled down, from its section's heading, until the card is there."""
+    section = key.rpartition("/")[0] or IMAGES_SECTION
+    page.get_by_text(section, exact=True).first.scroll_into_view_if_needed()
+    card = page.get_by_test_id(CARD).filter(has=page.get_by_text(key, exact=True)).first
+    page.mouse.move(VIEWPORT[0] * 0.7, VIEWPORT[1] * 0.6)  # over the charts
+    for _ in range(MAX_WHEELS):
+        try:
+            card.wait_for(state="attached", timeout=RENDER_MS)
+            break
+        except PlaywrightTimeout:
+            page.mouse.wheel(0, VIEWPORT[1] // 3)
+    card.scroll_into_view_if_needed()
+    card.locator(f"img.rc-image-img, :text('{NO_IMAGE}')").first.wait_for()
+    picture = card.locator("img.rc-image-img")
+    if picture.count():
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=picture.element_handle()
+        )
+    return card
+
+
+def rendered(card) -> dict:
+    """The card's and its picture's rendered boxes (px), what part of the picture shows."""
+    box, picture = card.bounding_box(), card.locator("img.rc-image-img")
+    image = picture.bounding_box() if picture.count() else None
+    if image is None:
+        return {"card": box, "image": None}
+    seen = max(0.0, min(box["y"] + box["height"], image["y"] + image["height"]) - image["y"])
+    return {"card": box, "image": image, "visible_height_share": seen / image["height"]}
 
 
 @pytest.mark.slow
 def test_printed_links_open_model_training_on_the_dashboard_with_feature_maps(tmp_path) -> None:
     out = tmp_path / "outputs"
-    trained = run_cli("model=tiny", "data=digits", *FAST, out=out)  # analysis on: feature maps
+    trained = cli_in_process("model=tiny", "data=digits", *FAST, out=out)  # analysis on: maps
     assert trained.returncode == 0, trained.stderr[-3000:]
-    store = f"sqlite:///{out}/mlflow.db"
+    store_uri = f"sqlite:///{out}/mlflow.db"
+    [run] = all_runs(out)
+    keys = sorted(run_images(store(out), run.info.run_id))
+    assert {"feature_maps/conv1", "confusion_matrix", "misclassified", "erf"} <= set(keys)
+    sizes: dict[str, dict] = {}
     with (
-        running_mlflow_server(tmp_path / "ui", store=store) as server,
-        browser_page(1600, 1000) as page,
+        running_mlflow_server(tmp_path / "ui", store=store_uri) as server,
+        browser_page(*VIEWPORT) as page,
     ):
         page.set_default_timeout(WAIT_MS)
         page.add_init_script(CLOSED_ASSISTANT)
@@ -60,7 +105,7 @@ def test_printed_links_open_model_training_on_the_dashboard_with_feature_maps(tm
         page.goto(run_url)
         page.get_by_role("heading", name="tiny-relu-digits").wait_for()
         assert_model_training(page)
-        screenshot(page, "ui-run")
+        shot(page, tmp_path, "ui-run")
 
         page.goto(printed_url(trained.stdout, "compare runs", server.url))
         assert_model_training(page)
@@ -70,13 +115,22 @@ def test_printed_links_open_model_training_on_the_dashboard_with_feature_maps(tm
         page.locator(".js-plotly-plot .scatterlayer .trace").nth(
             len(LEARNING_CURVES) - 1
         ).wait_for()
-        screenshot(page, "ui-dashboard")
+        shot(page, tmp_path, "ui-dashboard")
 
-        page.get_by_text("feature_maps", exact=True).scroll_into_view_if_needed()
-        maps = page.locator("img[src*='path=images%2Ffeature_maps~']")  # conv1, conv2
-        maps.nth(1).wait_for()
-        for image in maps.all():
-            assert_visible_in_viewport(page, image)
+        for key in keys:  # every image card at the step the slider opens on (the last)
+            card = image_card(page, key)
+            assert card.get_by_text(NO_IMAGE).count() == 0, key
+            sizes[f"dashboard {key}"] = rendered(card)
+            assert sizes[f"dashboard {key}"]["visible_height_share"] == 1, key  # all of it shows
         assert page.get_by_text("seed=").count() == 0  # image cards without the params header
-        screenshot(page, "ui-dashboard-images")
+        image_card(page, "feature_maps/conv1").scroll_into_view_if_needed()
+        shot(page, tmp_path, "ui-dashboard-images")
+        feature_map = sizes["dashboard feature_maps/conv1"]["image"]
+        assert feature_map["width"] >= THUMBNAIL_PX  # was 184×81 px before issue 20
+
+        page.goto(run_url.replace("?", "/model-metrics?"))  # the run page's own image cards
+        card = image_card(page, "feature_maps/conv1")
+        sizes["run page feature_maps/conv1"] = rendered(card)
+        shot(page, tmp_path, "ui-run-model-metrics")
         assert not page.errors
+    (tmp_path / "rendered.json").write_text(json.dumps(sizes, indent=1))

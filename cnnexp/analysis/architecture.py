@@ -22,7 +22,7 @@ from cnnexp.analysis.receptive_field import (
     module_device,
     receptive_fields,
 )
-from cnnexp.models.blocks import Conv, Dropout, Node, Parallel, Plan, Pool, Residual
+from cnnexp.models.graph import Node, Plan
 
 BOX_W, BOX_H, GAP, PAD, HEADER = 3.4, 0.78, 0.32, 0.18, 0.34  # layout units (inches)
 
@@ -84,38 +84,20 @@ def _plan_boxes(nodes: list[Node], facts: _Facts) -> list[Box]:
 
 
 def _node_box(node: Node, facts: _Facts) -> Box:
+    """A block's box: its kind says its title and colour; a block holding branches (residual,
+    parallel) draws them side by side (a residual's shortcut beside its body)."""
     module = facts.by_short[node.name]
     detail = _detail(node.out_shape, facts.params(module), facts.rf(module))
     block = node.block
-    if isinstance(block, Conv):
-        text = f"{node.name}  {block.conv}×{block.conv} conv, {block.channels} ch"
-        extras = [f"/{block.stride}" if block.stride > 1 else ""]
-        extras.append("depthwise" if block.groups == block.channels > 1 else "")
-        extras.append(f"groups {block.groups}" if 1 < block.groups < block.channels else "")
-        extras.append(f"dil {block.dilation}" if block.dilation > 1 else "")
-        extras.append("no activation" if node.activation == "none" else "")
-        text += "".join(f", {e}" if not e.startswith("/") else f" {e}" for e in extras if e)
-        return Box(text, detail, colour="#dbe9f8" if block.conv > 1 else "#e6f4e6")
-    if isinstance(block, Pool):
-        pool = f"{node.name}  {block.pool} pool {block.size}×{block.size}"
-        return Box(pool + (f" /{block.stride}" if block.stride else ""), detail, colour="#fbefd9")
-    if isinstance(block, Dropout):
-        return Box(f"{node.name}  dropout {block.dropout}", detail, colour="#f2f2f2")
+    if not node.branches:
+        return Box(block.describe(node), detail, colour=block.colour)
     columns = [_plan_boxes(branch, facts) for branch in node.branches]
-    if isinstance(block, Residual):
-        if node.projection is None:
-            columns.append([Box("identity", colour="#f2f2f2")])
-        else:
-            p = node.projection
-            params = facts.params(f"{module}.shortcut")
-            columns.append([Box(f"1×1 projection /{p.stride}", f"{params:,} params")])
-        merge = Box(f"+ then {node.activation}", detail, colour="#efe3f7")
-        title = f"{node.name}  residual ({node.path})"
-    else:
-        assert isinstance(block, Parallel)
-        merge = Box("concatenate channels", detail, colour="#efe3f7")
-        title = f"{node.name}  parallel ({node.path})"
-    return Box(title, columns=columns, merge=merge)
+    shortcut = block.shortcut(node)
+    if shortcut:
+        params = facts.params(f"{module}.shortcut")
+        columns.append([Box(shortcut, f"{params:,} params" if params else "", colour="#f2f2f2")])
+    merge = Box(block.merge(node), detail, colour=block.colour)
+    return Box(block.describe(node), columns=columns, merge=merge)
 
 
 def _head_box(net: nn.Module, facts: _Facts) -> Box:
@@ -242,9 +224,8 @@ def _arrow(ax, x0: float, y0: float, x1: float, y1: float) -> None:
 
 
 def model_figure(model_cfg, net: nn.Module, input_shape: tuple[int, int, int]) -> Figure:
-    """The picture of the net `model_cfg` (a checked model config) built, titled by its name."""
-    from cnnexp import models
-
-    plan = models.plan(model_cfg, input_shape) if model_cfg.kind == "cnn" else None
+    """The picture of the net `model_cfg` (a checked model config) built, titled by its name; a
+    block graph's net carries its plan (cnnexp/models/graph.py build_net), other nets have none."""
+    plan = getattr(net, "plan", None)
     shape = "×".join(map(str, input_shape))
     return architecture_figure(net, input_shape, plan, f"{model_cfg.name}  (input {shape})")

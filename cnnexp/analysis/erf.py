@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from cnnexp.analysis.receptive_field import eval_mode, module_device
+from cnnexp.analysis.images import card_figure
+from cnnexp.models.modules import eval_mode, module_device
 
 
 def effective_receptive_field(
@@ -96,10 +96,12 @@ def erf_figure(
     erf: np.ndarray, rf_size: int | None = None, title: str = "Effective receptive field"
 ) -> Figure:
     """Heatmap of the ERF with its `erf_size` square and, if given, the theoretical RF square."""
-    fig = Figure(figsize=(5, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = card_figure(0.9)  # legible on an MLflow card (cnnexp/analysis/images.py)
     ax = fig.add_subplot()
-    fig.colorbar(ax.imshow(erf, cmap="magma"), ax=ax, label="share of |gradient|")
+    image = ax.imshow(erf, cmap="magma", interpolation="nearest")  # one square per input pixel
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label("share of |gradient|", fontsize=6)
+    bar.ax.tick_params(labelsize=5)
     squares = [(erf_size(erf), "white", "-", "ERF (95% of mass)")]
     if rf_size is not None:
         squares.append((rf_size, "tab:cyan", "--", "theoretical RF"))
@@ -109,8 +111,10 @@ def erf_figure(
         ax.add_patch(
             Rectangle(corner, side, side, fill=False, ec=colour, ls=style, label=f"{label}: {side}")
         )
-    ax.set(title=title, xlim=(-0.5, erf.shape[1] - 0.5), ylim=(erf.shape[0] - 0.5, -0.5))
-    ax.legend(loc="lower left", fontsize="small")
+    ax.set(xlim=(-0.5, erf.shape[1] - 0.5), ylim=(erf.shape[0] - 0.5, -0.5))
+    ax.set_title(title, fontsize=7)
+    ax.tick_params(labelsize=5)
+    ax.legend(loc="lower left", fontsize=5)
     return fig
 
 

@@ -13,8 +13,8 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from cnnexp.analysis.images import minmax
-from cnnexp.analysis.receptive_field import eval_mode
+from cnnexp.analysis.images import card_figure, minmax
+from cnnexp.models.modules import eval_mode
 
 
 def gradcam(
@@ -45,31 +45,37 @@ def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> np.n
 
 
 def gradcam_figure(
-    net: nn.Module, layer: nn.Module, images: torch.Tensor, labels: torch.Tensor, names: list[str]
+    net: nn.Module,
+    layer: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    names: list[str],
+    when: str = "",
 ):
-    """A row per image: the input, Grad-CAM for the true class, Grad-CAM for the predicted one."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """A row per image: the input, Grad-CAM for the true class, Grad-CAM for the predicted one;
+    two images a row from four on, so the picture stays near square."""
     with eval_mode(net), torch.no_grad():
         probs = net(images).float().softmax(dim=1).cpu()
     confidence, predicted = probs.max(dim=1)
     true_maps = gradcam(net, layer, images, labels)
     predicted_maps = gradcam(net, layer, images, predicted.to(labels.device))
-    fig = Figure(figsize=(4.2, 1.5 * len(images)), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(images), 3, squeeze=False)
-    for i, row in enumerate(axes):
+    per_row = 2 if len(images) >= 4 else 1
+    rows = -(-len(images) // per_row)
+    fig = card_figure((0.58 * rows + 0.2) / (1.28 * per_row))  # panels 0.43 in + a title
+    fig.suptitle(f"Grad-CAM, {when}" if when else "Grad-CAM", fontsize=7)
+    axes = fig.subplots(rows, 3 * per_row, squeeze=False).flatten()
+    for ax in axes:
+        ax.axis("off")
+    for i in range(len(images)):
         y, p = int(labels[i]), int(predicted[i])
         panels = [
             (overlay(images[i], torch.zeros_like(true_maps[i]), alpha=0), f"input: {names[y]}"),
             (overlay(images[i], true_maps[i]), f"true {names[y]}"),
-            (overlay(images[i], predicted_maps[i]), f"predicted {names[p]} {confidence[i]:.0%}"),
+            (overlay(images[i], predicted_maps[i]), f"pred. {names[p]} {confidence[i]:.0%}"),
         ]
-        for ax, (picture, title) in zip(row, panels, strict=True):
-            ax.imshow(picture)
+        for ax, (picture, title) in zip(axes[3 * i : 3 * i + 3], panels, strict=True):
+            ax.imshow(picture, interpolation="nearest")
             ax.set_title(
-                title, fontsize=7, color="black" if p == y or "input" in title else "tab:red"
+                title, fontsize=5, color="black" if p == y or "input" in title else "tab:red"
             )
-            ax.axis("off")
     return fig

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnexp.analysis.receptive_field import eval_mode
+from cnnexp.models.modules import eval_mode
 
 RELU_FAMILY = (nn.ReLU, nn.ReLU6)  # exact zeros: a unit can die
 SATURATING = (nn.Sigmoid, nn.Tanh)

@@ -31,8 +31,6 @@ image's rows and columns can no longer be followed, the field is reported as cov
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +48,7 @@ from cnnexp.analysis.rf.node import (
     show_pair,
 )
 from cnnexp.analysis.rf.rules import step
+from cnnexp.models.modules import eval_mode, module_device
 
 Pair = tuple[int, int]
 
@@ -167,24 +166,6 @@ def field_cells(row: RFRow) -> tuple[str, str, str]:
         return cells[0] if cells[0] == cells[1] else "x".join(cells)
 
     return show(row.size_hw, "whole"), show(row.stride_hw, "-"), show(row.padding_hw, "-")
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put `module` in eval mode for the block, then restore each submodule's own flag."""
-    flags = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-
-
-def module_device(module: nn.Module) -> torch.device:
-    """Where `module`'s parameters live (CPU for a module without any)."""
-    param = next(module.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def _traced(module: nn.Module, input_shape: tuple[int, int, int]) -> fx.GraphModule:

@@ -1,26 +1,25 @@
 """Data: load a data set by name as uint8 images, split it (seeded, stratified), serve batches
 that are normalised (and augmented) on the device they train on.
 
-`build(cfg.data)` caches the prepared splits per process, so a multirun that reuses one data
+`build(conf.data)` caches the prepared splits per process, so a multirun that reuses one data
 config loads it once; batch size, augmentation, workers and device do not take part in the key,
 a folder's files do (a notebook that changes them between runs gets the new images).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 
-from omegaconf import DictConfig
-
-from cnnexp.config import plain
 from cnnexp.data.augment import per_image
-from cnnexp.data.checks import check, typed
+from cnnexp.data.checks import check
 from cnnexp.data.images import Images
 from cnnexp.data.module import TensorDataModule
 from cnnexp.data.sources import DATASETS, DataInfo
 from cnnexp.data.splits import Splits, make_splits
+from cnnexp.schema import DataConf
 
 __all__ = ["DATASETS", "DataInfo", "Images", "TensorDataModule", "build", "check"]
 
@@ -30,21 +29,17 @@ _CACHE_SIZE = 3  # prepared data sets kept per process (CIFAR-10 is 184 MB as ui
 SERVING_KEYS = ("batch_size", "augment", "num_workers", "device")  # not part of the data
 
 
-def build(cfg: DictConfig) -> TensorDataModule:
-    """The TensorDataModule for a composed `cfg.data`; raises ConfigError for bad config."""
-    check(cfg)
-    data = plain(typed(cfg))
+def build(data: DataConf) -> TensorDataModule:
+    """The TensorDataModule for a typed, checked `data` section."""
     splits = _prepared(data)
-    augment = per_image(data["augment"])
-    return TensorDataModule(
-        splits, data["batch_size"], augment, data["num_workers"], data["device"]
-    )
+    augment = per_image(data.augment)
+    return TensorDataModule(splits, data.batch_size, augment, data.num_workers, data.device)
 
 
-def _prepared(data: dict) -> Splits:
-    name, source = data["name"], DATASETS[data["name"]]
+def _prepared(data: DataConf) -> Splits:
+    name, source = data.name, DATASETS[data.name]
     key = json.dumps(
-        {k: v for k, v in data.items() if k not in SERVING_KEYS}
+        {k: v for k, v in dataclasses.asdict(data).items() if k not in SERVING_KEYS}
         | {"version": source.version(data) if source.version else None}
     )
     if key in _CACHE:

@@ -42,8 +42,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms.v2 import functional as TF
 
-from cnnexp.config import ConfigError
 from cnnexp.data.images import RowFile
+from cnnexp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the bytes a file decodes to change (2: PIL and the one rule)

@@ -23,9 +23,9 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from cnnexp.config import ConfigError
 from cnnexp.data.images import Images, Normalise, row_index
 from cnnexp.data.splits import Split, Splits
+from cnnexp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images, labels: what a loader yields

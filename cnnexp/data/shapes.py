@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from cnnexp.config import ConfigError
+from cnnexp.errors import ConfigError
 
 Painter = Callable[
     [np.ndarray, np.ndarray, float, float, int], None

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,10 +22,10 @@ from sklearn.datasets import load_digits
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from cnnexp.config import ConfigError
 from cnnexp.data.folder import cached_rows, list_folder
 from cnnexp.data.images import Images
 from cnnexp.data.shapes import draw_shape_pairs, draw_shapes
+from cnnexp.errors import ConfigError
 
 MEMORY_SHARE = 0.25  # data.in_memory=auto: decoded images may take this share of free memory
 
@@ -48,19 +49,20 @@ class DataInfo:
     class_names: list[str]
     n_images: int  # images that the train/val(/test) splits are cut from
     official_test: bool = False
+    n_train: int | None = None  # images of the training split, once the config was checked
 
 
 @dataclass(frozen=True)
 class Source:
     load: Callable[..., Raw]  # keyword arguments: data config keys, by name (see `arguments`)
-    info: Callable[[dict], DataInfo]  # the resolved data config -> its metadata
+    info: Callable[[Any], DataInfo]  # the typed data config -> its metadata
     # What else the loaded images depend on (a folder's files), for a process that loads the
     # same config twice; None: the config alone decides.
-    version: Callable[[dict], str] | None = None
+    version: Callable[[Any], str] | None = None
 
-    def arguments(self, data: dict) -> dict:
-        """The loader's keyword arguments: the keys of the resolved data config it names."""
-        return {name: data[name] for name in inspect.signature(self.load).parameters}
+    def arguments(self, data: Any) -> dict:
+        """The loader's keyword arguments: the keys of the data config it names."""
+        return {name: getattr(data, name) for name in inspect.signature(self.load).parameters}
 
     @property
     def streams(self) -> bool:
@@ -85,7 +87,7 @@ CIFAR10_NAMES = [
 
 
 def register(
-    name: str, info: Callable[[dict], DataInfo], version: Callable[[dict], str] | None = None
+    name: str, info: Callable[[dict], DataInfo], version: Callable[[Any], str] | None = None
 ) -> Callable:
     """Add a loader and its metadata to DATASETS under `name` (a key of schema.DATA_SCHEMAS)."""
 
@@ -116,7 +118,7 @@ def digits() -> Raw:
 
 @register(
     "shapes",
-    lambda d: DataInfo((1, d["image_size"], d["image_size"]), list(d["classes"]), d["n_samples"]),
+    lambda d: DataInfo((1, d.image_size, d.image_size), list(d.classes), d.n_samples),
 )
 def shapes(
     n_samples: int, image_size: int, classes: Sequence[str], generator_seed: int, noise: float
@@ -128,9 +130,7 @@ def shapes(
 
 @register(
     "shapes_pair",
-    lambda d: DataInfo(
-        (1, d["image_size"], d["image_size"]), ["different", "same"], d["n_samples"]
-    ),
+    lambda d: DataInfo((1, d.image_size, d.image_size), ["different", "same"], d.n_samples),
 )
 def shapes_pair(
     n_samples: int,
@@ -200,9 +200,9 @@ def _tensors(ds: datasets.VisionDataset) -> tuple[torch.Tensor, torch.Tensor]:
     return x.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)
 
 
-def folder_info(d: dict) -> DataInfo:
+def folder_info(d: Any) -> DataInfo:
     """Classes (subfolders holding images) and image count of `data.path`, from a listing."""
-    root, size = Path(d["path"]), d["image_size"]
+    root, size = Path(d.path), d.image_size
     if not root.is_dir():
         raise ConfigError(
             f"data.path: {str(root)!r} is not a folder (allowed: one subfolder per class)"
@@ -218,12 +218,12 @@ def folder_info(d: dict) -> DataInfo:
             f"data.path: {root} holds images of {len(classes)} class(es) "
             f"{classes} (allowed: 2+ subfolders with images, one per class)"
         )
-    return DataInfo((d["channels"], size, size), classes, sum(counts.values()))
+    return DataInfo((d.channels, size, size), classes, sum(counts.values()))
 
 
-def folder_version(d: dict) -> str:
+def folder_version(d: Any) -> str:
     """The folder's files (names, classes, sizes, modification times), as its cache keys them."""
-    return list_folder(d["path"]).fingerprint(d["image_size"], d["channels"])
+    return list_folder(d.path).fingerprint(d.image_size, d.channels)
 
 
 @register("image_folder", folder_info, folder_version)

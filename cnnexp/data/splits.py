@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from cnnexp.config import ConfigError
 from cnnexp.data.images import Images, channel_stats, images
 from cnnexp.data.sources import Raw
+from cnnexp.errors import ConfigError
 
 Split = tuple[Images, torch.Tensor]  # (x uint8 N×C×H×W rows, y int64 N)
 
@@ -72,17 +72,17 @@ def shrink(y: np.ndarray, train_size: int | float | None, seed: int) -> np.ndarr
     return stratified_subset(y, n, seed)
 
 
-def make_splits(raw: Raw, cfg: dict[str, Any]) -> Splits:
+def make_splits(raw: Raw, cfg: Any) -> Splits:
     """Split `raw` per the (checked, resolved) data config; mean/std from the training images.
     The splits are rows of raw's images: no pixel is copied."""
-    seed = cfg["split_seed"]
-    train, val, test = split_indices(raw.y.numpy(), cfg["val_fraction"], cfg["test_fraction"], seed)
-    train = train[shrink(raw.y[train].numpy(), cfg["train_size"], seed)]
+    seed = cfg.split_seed
+    train, val, test = split_indices(raw.y.numpy(), cfg.val_fraction, cfg.test_fraction, seed)
+    train = train[shrink(raw.y[train].numpy(), cfg.train_size, seed)]
     x = images(raw.x)
     test_x, test_y = raw.test if raw.test is not None else (x.subset(test), raw.y[test])
-    mean, std = normalisation(x.subset(train), cfg["normalize"])
+    mean, std = normalisation(x.subset(train), cfg.normalize)
     return Splits(
-        cfg["name"],
+        cfg.name,
         (x.subset(train), raw.y[train]),
         (x.subset(val), raw.y[val]),
         (images(test_x), test_y),

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
-from cnnexp.config import ConfigError, from_mapping
+from cnnexp.errors import ConfigError
+from cnnexp.limits import from_mapping
 from cnnexp.schema import OrbConf
 
 Described = tuple[tuple[cv2.KeyPoint, ...], np.ndarray | None]  # keypoints, (K, 32) uint8 or None
@@ -62,6 +63,17 @@ class OrbSettings(OrbConf):
             patchSize=self.patch_size,
             fastThreshold=self.fast_threshold,
         )
+
+
+def orb_settings(orb: OrbConf, image_hw: tuple[int, int]) -> OrbSettings:
+    """OrbSettings from `model.orb`, checked against OpenCV's limits for images of `image_hw`;
+    ConfigError names the key."""
+    settings = OrbSettings(**dataclasses.asdict(orb))
+    try:
+        settings.validate(image_hw)
+    except ConfigError as err:
+        raise ConfigError(f"model.{err}") from None
+    return settings
 
 
 def to_uint8_images(x: np.ndarray, upscale: int = 1) -> np.ndarray:

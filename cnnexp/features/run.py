@@ -2,40 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
 
 from cnnexp import data, tracking
-from cnnexp.config import ConfigError, from_mapping, job_output_dir, plain
 from cnnexp.features.bovw import BovwClassifier
-from cnnexp.features.orb import OrbSettings, keypoints_figure, matches_figure
+from cnnexp.features.orb import keypoints_figure, matches_figure, orb_settings
+from cnnexp.schema import Config
 from cnnexp.tracking.mlflow_run import Trained
 
 
-def orb_settings(model: DictConfig, image_hw: tuple[int, int]) -> OrbSettings:
-    """OrbSettings from `model.orb` (a checked OrbConf), checked against OpenCV's limits for
-    images of `image_hw`; ConfigError names the key."""
-    settings = from_mapping(OrbSettings, plain(model.orb), "orb")
-    try:
-        settings.validate(image_hw)
-    except ConfigError as err:
-        raise ConfigError(f"model.{err}") from None
-    return settings
-
-
-def train_orb(cfg: DictConfig) -> Trained:
+def train_orb(conf: Config, composed: dict, out: Path) -> Trained:
     """Fit the ORB baseline on the train split, score train/val/test; return the run."""
-    uri, experiment_id = tracking.ensure_experiment(cfg)  # an unusable store stops us here
-    dm = data.build(cfg.data)
-    settings = orb_settings(cfg.model, dm.input_shape[1:])
+    uri, experiment_id = tracking.ensure_experiment(conf)  # an unusable store stops us here
+    dm = data.build(conf.data)
+    settings = orb_settings(conf.model.orb, dm.input_shape[1:])
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
         (dm.inputs(x[:]).numpy(), y.numpy()) for x, y in (dm.train, dm.val, dm.test)
     )
-    out = job_output_dir(cfg)
     client = MlflowClient(tracking_uri=uri)
-    run_id = tracking.open_run(client, experiment_id, cfg, out)
-    with tracking.run_status(client, run_id, cfg):
-        model = BovwClassifier(settings, cfg.model.vocab_size, cfg.model.kmeans_sample, cfg.seed)
+    run_id = tracking.open_run(client, experiment_id, conf, composed, out)
+    with tracking.run_status(client, run_id, conf):
+        model = BovwClassifier(settings, conf.model.vocab_size, conf.model.kmeans_sample, conf.seed)
         model.fit(x_train, y_train)
         facts = dict(model.facts)  # fit_* from the training images
         acc = {
@@ -59,9 +48,9 @@ def train_orb(cfg: DictConfig) -> Trained:
         client.log_figure(run_id, figure, "orb/matches.png")
 
     print(
-        f"\n{cfg.logger.run_name}: val_acc {acc['val_acc']:.4f}  test_acc {acc['test_acc']:.4f}  "
+        f"\n{conf.logger.run_name}: val_acc {acc['val_acc']:.4f}  test_acc {acc['test_acc']:.4f}  "
         f"train_acc {acc['train_acc']:.4f}  keypoints/image {metrics['keypoints_per_image']:.1f}  "
         f"no keypoints {metrics['no_keypoint_fraction']:.1%}  fit {metrics['fit_seconds']:.1f} s\n"
-        + tracking.where_text(cfg, uri, experiment_id, run_id, out)
+        + tracking.where_text(conf.logger.experiment_name, uri, experiment_id, run_id, out)
     )
     return Trained(run_id, uri, out, acc["val_acc"], acc["test_acc"])

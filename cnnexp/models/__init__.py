@@ -1,30 +1,18 @@
-"""Models: block graphs from conf/model/ (or torchvision classifiers) become nn.Modules;
-Classifier trains them."""
+"""Models: a typed `model` section becomes an nn.Module (a block graph from conf/model/ or a
+torchvision classifier); Classifier trains it."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from typing import Any
+
 from torch import nn
 
-from cnnexp.config import plain
-from cnnexp.models.blocks import ACTIVATIONS, Plan, build_net, check_activations, plan_net
 from cnnexp.models.classifier import Classifier
-from cnnexp.models.reference import torchvision_net
+from cnnexp.models.kinds import kind
 
-__all__ = ["ACTIVATIONS", "Classifier", "build", "plan"]
-
-
-def plan(cfg: DictConfig, input_shape: tuple[int, int, int]) -> Plan:
-    """The checked graph of a `kind: cnn` model for a C×H×W input (ConfigError names the path)."""
-    model = plain(cfg)
-    check_activations(model["activation"], model["activation_args"])
-    return plan_net(
-        model["blocks"], input_shape, model["activation"], model["batch_norm"], model["width"]
-    )
+__all__ = ["Classifier", "build", "kind"]
 
 
-def build(cfg: DictConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """The net `cfg` (a checked model config) describes for `input_shape` (C, H, W)."""
-    if cfg.kind == "torchvision":
-        return torchvision_net(cfg.arch, input_shape, num_classes)
-    return build_net(plan(cfg, input_shape), num_classes, cfg.head, plain(cfg.activation_args))
+def build(model: Any, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The net the typed, checked `model` section describes for `input_shape` (C, H, W)."""
+    return kind(model).build(model, input_shape, num_classes)

@@ -11,15 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from cnnexp.config import plain
 from cnnexp.errors import RunStopped
+from cnnexp.metrics import CURVES, METRICS
 
 NAN_CHECK_EVERY = 50  # training steps between non-finite loss checks on a GPU
 RUN_ID_KEY = "mlflow_run_id"  # where a checkpoint keeps the MLflow run it belongs to
 INFERENCE_KEY = "cnnexp_inference"  # what applying the net needs (inference_facts), plain data
-METRICS = ("loss", "acc")  # logged per stage: train_loss, val_acc, test_acc, ...
-MONITORED = tuple(f"{stage}_{m}" for stage in ("train", "val") for m in METRICS)  # what a
-# ModelCheckpoint or EarlyStopping can watch (the others are logged to MLflow only)
+MONITORED = CURVES  # what a ModelCheckpoint or EarlyStopping can watch (others: MLflow only)
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler] | None
 
@@ -34,12 +32,12 @@ class TrainedOn(Protocol):
     std: tuple[float, ...]
 
 
-def inference_facts(model: Any, data: TrainedOn) -> dict[str, Any]:
+def inference_facts(model: dict, data: TrainedOn) -> dict[str, Any]:
     """What applying the net needs, as plain data (weights_only=True loads it): its model config
     (models.build rebuilds it), the input shape C×H×W, class names, the per-channel mean/std the
     training images were normalised with (0..1 scale), and the data config's name."""
     return {
-        "model": plain(model),
+        "model": model,
         "input_shape": list(data.input_shape),
         "class_names": [str(name) for name in data.class_names],
         "mean": [float(m) for m in data.mean],

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from cnnexp.analysis.receptive_field import eval_mode, module_device
+from cnnexp.models.modules import eval_mode, module_device
 
 
 def n_params(net: nn.Module) -> int:
@@ -78,12 +78,16 @@ class Throughput:
         return {name: self.median, f"{name}_iqr": self.high - self.low}
 
 
+MIN_REPEATS = 5  # timed blocks at least, so the median has a spread around it
+
+
 def measure_throughput(
     net: nn.Module, batch: torch.Tensor, train: bool, min_run_time: float = 0.2
 ) -> Throughput:
     """Images per second through `net` on one batch: forward + backward in train mode (`train`)
-    or forward only in eval mode, on the net's device, timed in blocks for about `min_run_time`
-    seconds by torch.utils.benchmark (it synchronises the accelerator) after one warm-up step.
+    or forward only in eval mode, on the net's device, timed by torch.utils.benchmark's Timer (it
+    synchronises the accelerator) after one warm-up step, in blocks of steps for about
+    `min_run_time` seconds, at least MIN_REPEATS blocks however long a step takes.
     Runs on a copy: `net` stays untouched."""
     net = copy.deepcopy(net).train(train)
     x = batch.to(module_device(net))
@@ -98,9 +102,15 @@ def measure_throughput(
 
     step()
     timer = benchmark_timer()("step()", globals={"step": step}, num_threads=torch.get_num_threads())
-    measured = timer.blocked_autorange(min_run_time=min_run_time)
+    once = timer.timeit(1).times[0]
+    # Blocks of about min_run_time / MIN_REPEATS each: Timer.blocked_autorange sized one block of
+    # a 2 ms step at 1,000 steps (2.6 s, one block, no spread) where 0.2 s was asked for.
+    number = max(1, round(min_run_time / MIN_REPEATS / once))
+    times: list[float] = []  # seconds per step, one per block
+    while len(times) < MIN_REPEATS or sum(times) * number < min_run_time:
+        times += timer.timeit(number).times
     quartiles = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)  # as Measurement.median
-    p25, median, p75 = torch.tensor(measured.times, dtype=torch.float64).quantile(quartiles)
+    p25, median, p75 = torch.tensor(times, dtype=torch.float64).quantile(quartiles)
     return Throughput(*(len(x) / float(t) for t in (median, p75, p25)))
 
 

@@ -10,6 +10,7 @@ backward pass with its gradient (8 bytes per value and image).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +32,15 @@ class Footprint:
         """The most images per batch whose training fits in `available` bytes (0: none)."""
         room = available - self.params * BYTES_PER_PARAMETER
         return max(0, room // max(1, self.activations * BYTES_PER_ACTIVATION))
+
+
+def meta_net(model: Any, input_shape: tuple[int, int, int], classes: int) -> nn.Module:
+    """The net the typed `model` section describes, on the meta device: shapes and
+    parameters, no storage."""
+    from cnnexp import models
+
+    with torch.device("meta"):
+        return models.build(model, input_shape, classes)
 
 
 def footprint(net: nn.Module, input_shape: tuple[int, int, int]) -> Footprint:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnexp.analysis.receptive_field import eval_mode
-from cnnexp.config import ConfigError, one_of
+from cnnexp.errors import ConfigError
+from cnnexp.limits import one_of
+from cnnexp.models.modules import eval_mode
 
 NO_AUX = ("googlenet", "inception_v3")  # auxiliary heads only make sense with their own loss
 

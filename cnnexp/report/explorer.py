@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from cnnexp.analysis.fit import BEST_EPOCH, FIT_TAG, REASON_TAG
 from cnnexp.report.pages import png_data_uri
 from cnnexp.tracking.dashboard import image_file
 
@@ -27,8 +28,8 @@ ARTIFACT = "explorer.html"
 USED = ("images", "architecture.png", "receptive_field.txt", "learning_curve.png")
 # What each picture shows and how to read it (README "Reading the pictures" says more).
 CAPTIONS = {
-    "feature_maps": "Each row: a fixed validation image, then the block's output channels "
-    "(after its activation); bright = strong response.",
+    "feature_maps": "Each row: a fixed validation image (its class on the left), then the "
+    "block's output channels (after its activation, numbered above); bright = strong response.",
     "top_patches": "Each row: one channel's strongest validation patches, each cut at that "
     "unit's exact receptive field (light blue = outside the image). What the channel looks for.",
     "kernels": "The first conv's filters (mid grey = 0, lighter = positive, darker = negative).",
@@ -36,13 +37,16 @@ CAPTIONS = {
     "last spatial layer; the square is the theoretical receptive field.",
     "gradcam": "Grad-CAM at the last spatial layer: where the net looks for the true and for the "
     "predicted class.",
-    "confusion_matrix": "Test set: rows are true classes, columns predicted ones.",
-    "misclassified": "Test images the net got wrong: true label, prediction and its confidence.",
+    "confusion_matrix": "Rows are true classes, columns predicted ones: the validation set "
+    "during training, the test set (the tested weights) at the last epoch.",
+    "misclassified": "Images the net got wrong, surest first: true label → prediction, its "
+    "confidence; validation set during training, test set at the last epoch.",
 }
 PER_BLOCK = {"feature_maps": "Feature maps", "top_patches": "Top patches"}  # side by side
 FACTS = {  # metric -> label, in the order shown
     "test_acc": "test accuracy",
     "val_acc": "best val accuracy",
+    "best_epoch": BEST_EPOCH,
     "n_params": "parameters",
     "flops_per_image": "FLOPs per image",
     "receptive_field": "receptive field (px)",
@@ -131,7 +135,8 @@ def facts_table(client: MlflowClient, run_id: str) -> str:
         else:
             value = metrics.get(name)
         if value is not None:
-            text = f"{value:,.4f}" if abs(value) < 1 else f"{value:,.0f}"
+            whole = name == "best_epoch" or abs(value) >= 1
+            text = f"{value:,.0f}" if whole else f"{value:,.4f}"
             rows.append(f"<tr><td>{label}</td><td class='num'>{text}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 
@@ -162,11 +167,13 @@ def sections(client: MlflowClient, run_id: str, folder: Path, images: dict) -> d
         for b in sorted(mapped, key=block_order)
     )
     kernels = [k for k in sorted(images, key=block_order) if k.startswith("kernels/")]
-    diagnosis = client.get_run(run_id).data.tags.get("fit_diagnosis", "no fit diagnosis")
+    tags = client.get_run(run_id).data.tags
+    diagnosis = tags.get(FIT_TAG, "no fit diagnosis")
+    reason = f" ({tags[REASON_TAG]})" if REASON_TAG in tags else ""
     rf = folder / "receptive_field.txt"
     rf_table = f"<h3>Receptive field per layer</h3><pre>{html.escape(rf.read_text())}</pre>"
     return {
-        "Fit": f"<p class='diagnosis'>{html.escape(diagnosis)}</p>"
+        "Fit": f"<p class='diagnosis'>{html.escape(diagnosis)}</p><p>{html.escape(reason)}</p>"
         + static(folder / "learning_curve.png", "Learning curves"),
         "Architecture": static(folder / "architecture.png", "Blocks, output shapes, RF")
         + (rf_table if rf.is_file() else ""),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from cnnexp.config import ConfigError
+from cnnexp.errors import ConfigError
 from cnnexp.sweeps import SWEEP_TAG
 from cnnexp.tracking.mlflow_run import KIND_TAG
 
@@ -59,7 +59,8 @@ def _name(run: Run) -> str:
     return run.info.run_name or run.info.run_id[:8]
 
 
-def _record(client: MlflowClient, run: Run) -> RunRecord:
+def run_record(client: MlflowClient, run: Run) -> RunRecord:
+    """What the report needs of `run`, its curves read from the store."""
     curves = {
         key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
         for key in CURVES
@@ -75,12 +76,12 @@ def _record(client: MlflowClient, run: Run) -> RunRecord:
     )
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
+def _experiment_id(client: MlflowClient, name: str, section: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is None or found.lifecycle_stage == "deleted":
         names = sorted(e.name for e in client.search_experiments())
         raise ConfigError(
-            f"report.experiment: no experiment {name!r} in this store "
+            f"{section}.experiment: no experiment {name!r} in this store "
             f"(allowed: {', '.join(names) or 'none yet'})"
         )
     return found.experiment_id
@@ -92,31 +93,33 @@ def select_runs(
     sweep_id: str | None,
     statuses: list[str],
     max_runs: int,
+    section: str = "report",
 ) -> Selection:
-    """The newest `max_runs` runs of `experiment` (of sweep `sweep_id`) with one of `statuses`."""
-    experiment_id = _experiment_id(client, experiment)
+    """The newest `max_runs` runs of `experiment` (of sweep `sweep_id`) with one of `statuses`;
+    errors name the keys of config section `section`."""
+    experiment_id = _experiment_id(client, experiment, section)
     runs = [r for r in _all_runs(client, experiment_id) if KIND_TAG not in r.data.tags]  # training
     if sweep_id is not None:
         sweeps = sorted({r.data.tags[SWEEP_TAG] for r in runs if SWEEP_TAG in r.data.tags})
         runs = [r for r in runs if r.data.tags.get(SWEEP_TAG) == sweep_id]
         if not runs:
             raise ConfigError(
-                f"report.sweep_id: no run of experiment {experiment!r} is tagged "
+                f"{section}.sweep_id: no run of experiment {experiment!r} is tagged "
                 f"sweep_id={sweep_id!r} (allowed: {', '.join(sweeps) or 'none tagged yet'})"
             )
     if not runs:
-        raise ConfigError(f"report.experiment: experiment {experiment!r} has no runs to compare")
+        raise ConfigError(f"{section}.experiment: experiment {experiment!r} has no runs to compare")
     chosen = [r for r in runs if r.info.status in statuses]
     if not chosen:
         found = sorted({r.info.status for r in runs})
         raise ConfigError(
-            f"report.status: none of the {len(runs)} runs has status {'/'.join(statuses)} "
+            f"{section}.status: none of the {len(runs)} runs has status {'/'.join(statuses)} "
             f"(allowed: {', '.join(found)})"
         )
     kept = chosen[-max_runs:]
     return Selection(
         experiment_id=experiment_id,
-        runs=[_record(client, r) for r in kept],
+        runs=[run_record(client, r) for r in kept],
         left_out=[
             RunRecord(r.info.run_id, _name(r), r.info.status)
             for r in runs

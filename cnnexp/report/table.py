@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cnnexp.analysis.fit import BEST_EPOCH, best_epoch
 from cnnexp.report.select import RunRecord
 
 SEED = "seed"  # the param whose runs form one row (SeedGroup)
@@ -22,10 +23,11 @@ COLUMN_NOTES = (
     "image. RF: theoretical receptive field at the last spatial layer (px). ERF: side of the "
     "square holding 95 % of the effective receptive field, after the last epoch (px). "
     "train/infer img/s: measured throughput on one training batch (forward + backward / "
-    "forward). best val_acc: highest over the epochs, at epoch (from 0). fit: fit_diagnosis. "
+    f"forward). best val_acc: highest over the epochs; {BEST_EPOCH}: the first epoch (from 0) "
+    "reaching it, the checkpoint's, the diagnosis' and explorer.html's. fit: fit_diagnosis. "
     "n, seeds: the runs of a row, which differ only in seed; a value over several is their mean "
-    "± standard deviation (n − 1), or the value where all are equal; epoch: mean epoch of the "
-    "best val_acc; fit: each run's diagnosis, counted. "
+    "± standard deviation (n − 1), or the value where all are equal (best epoch: their mean); "
+    "fit: each run's diagnosis, counted. "
     f"{MISSING}: not recorded by that run (e.g. no RF for a run without a CNN)."
 )
 
@@ -82,12 +84,11 @@ def compact(value: str) -> str:
 
 
 def best_val_acc(run: RunRecord) -> tuple[float, int] | None:
-    """(highest val_acc, the first epoch reaching it), or None without a val_acc curve."""
-    curve = run.curves.get("val_acc") or []
-    if not curve:
-        return None
-    step, value = max(curve, key=lambda point: (point[1], -point[0]))
-    return value, step
+    """(highest val_acc, BEST_EPOCH: the first epoch reaching it), or None without a val_acc
+    curve."""
+    curve = dict(run.curves.get("val_acc") or [])
+    epoch = best_epoch(curve)
+    return None if epoch is None else (curve[epoch], epoch)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def comparison_table(runs: list[RunRecord]) -> Table:
         *params,
         *(title for title, _, _ in FACTS),
         "best val_acc",
-        "epoch",
+        BEST_EPOCH,
         "test_acc",
         "fit",
     ]

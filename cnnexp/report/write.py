@@ -17,12 +17,12 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from cnnexp.config import ConfigError, check_settings
+from cnnexp.errors import ConfigError
 from cnnexp.report.pages import Page, html_page, markdown_page, markdown_table
 from cnnexp.report.plots import accuracy_vs_params_figure, curves_figure, placed_groups
 from cnnexp.report.select import SWEEP_TAG, Selection, select_runs
 from cnnexp.report.table import comparison_table, group_labels, seed_groups, seed_verdicts
-from cnnexp.schema import STATUSES
+from cnnexp.schema import STATUSES, Config
 from cnnexp.tracking import (
     log_params,
     reports_experiment,
@@ -33,6 +33,7 @@ from cnnexp.tracking import (
     ui_url,
 )
 from cnnexp.tracking.mlflow_run import KIND_TAG, open_store
+from cnnexp.typed import typed_config
 
 FIGURES = {"val_curves.png": "Validation curves", "accuracy_vs_params.png": "Accuracy vs params"}
 NOTE_LIMIT = 5000  # characters of the run description (an MLflow tag)
@@ -52,10 +53,9 @@ class ReportSpec:
         return re.sub(r"[^\w.-]+", "-", self.sweep_id or self.experiment).strip("-") or "report"
 
 
-def report_spec(cfg: DictConfig) -> ReportSpec:
-    """`cfg.report` (checked by the schema: cnnexp/schema.py ReportConf) as a ReportSpec."""
-    spec = cfg.report
-    check_settings(spec, "report")
+def report_spec(conf: Config) -> ReportSpec:
+    """`conf.report` (checked by the schema: cnnexp/schema.py ReportConf) as a ReportSpec."""
+    spec = conf.report
     if not spec.status:
         raise ConfigError(f"report.status: empty (allowed: a list of {', '.join(STATUSES)})")
     sweep_id = None if spec.sweep_id is None else str(spec.sweep_id)
@@ -129,7 +129,7 @@ def log_report(
     selection: Selection,
     folder: Path,
     page: Page,
-    cfg: DictConfig,
+    conf: Config,
 ) -> tuple[str, str]:
     """A FINISHED run of the compared experiment's reports experiment holding the report;
     returns (experiment id, run id)."""
@@ -140,10 +140,10 @@ def log_report(
     }
     if spec.sweep_id:
         tags[SWEEP_TAG] = spec.sweep_id
-    experiment_id = reports_experiment(client, cfg, spec.experiment)
+    experiment_id = reports_experiment(client, conf, spec.experiment)
     run = client.create_run(experiment_id, run_name=f"report-{spec.slug}", tags=tags)
     run_id = run.info.run_id
-    with run_status(client, run_id, cfg):
+    with run_status(client, run_id, conf):
         params = {
             "report.experiment": spec.experiment,
             "report.sweep_id": str(spec.sweep_id),
@@ -158,16 +158,17 @@ def log_report(
 
 def report(cfg: DictConfig) -> Path:
     """Compare the selected runs; return the report's folder."""
-    spec = report_spec(cfg)
-    uri = resolve_tracking_uri(cfg)
-    client = open_store(uri, cfg.logger.stale_after_s)
+    conf = typed_config(cfg)
+    spec = report_spec(conf)
+    uri = resolve_tracking_uri(conf)
+    client = open_store(uri, conf.logger.stale_after_s)
     selection = select_runs(client, spec.experiment, spec.sweep_id, spec.statuses, spec.max_runs)
     sweep = f" sweep {spec.sweep_id} of" if spec.sweep_id else ""
     title = f"Run comparison:{sweep} experiment {spec.experiment}"
     page = Page(title, notes(spec, selection, uri), comparison_table(selection.runs), FIGURES)
     folder = new_folder(spec.dir, spec.slug)
     write_files(folder, page, selection)
-    experiment_id, run_id = log_report(client, spec, selection, folder, page, cfg)
+    experiment_id, run_id = log_report(client, spec, selection, folder, page, conf)
     where = reports_experiment_name(spec.experiment)
     print(
         f"\n{markdown_table(page.table)}\n\n{title}: {len(selection.runs)} runs compared\n"

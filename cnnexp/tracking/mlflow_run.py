@@ -14,17 +14,18 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from filelock import FileLock
 from mlflow.entities import Experiment, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from sqlalchemy.exc import SQLAlchemyError
 
 from cnnexp import schema, sweeps
-from cnnexp.config import ConfigError
-from cnnexp.errors import DiskFull, RunStopped, free_space, no_space, says
+from cnnexp.errors import ConfigError, DiskFull, RunStopped, free_space, no_space, says
+from cnnexp.schema import Config
 from cnnexp.tracking.dashboard import (
     VIEW_TAG,
     publish_dashboard,
@@ -33,6 +34,7 @@ from cnnexp.tracking.dashboard import (
 )
 from cnnexp.tracking.liveness import Heartbeat, process_tags, reap_dead_runs
 from cnnexp.tracking.logger import bound_http_retries, is_outage
+from cnnexp.tracking.template import seed_store
 
 log = logging.getLogger(__name__)
 for _noisy in ("alembic", "mlflow.store.db.utils"):  # "Creating initial MLflow database tables"
@@ -56,9 +58,9 @@ class Trained:
     test_acc: float
 
 
-def resolve_tracking_uri(cfg: DictConfig) -> str:
+def resolve_tracking_uri(conf: Config) -> str:
     """MLFLOW_TRACKING_URI if set, else logger.tracking_uri (an sqlite file under outputs/)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.logger.tracking_uri)
+    return os.environ.get("MLFLOW_TRACKING_URI") or str(conf.logger.tracking_uri)
 
 
 def tracking_uri_key() -> str:
@@ -122,17 +124,17 @@ def _experiment(client: MlflowClient, name: str, artifact_root: str | None, key:
     return found
 
 
-def _artifact_root(cfg: DictConfig, uri: str) -> str | None:
+def _artifact_root(conf: Config, uri: str) -> str | None:
     """Where new experiments of a local store keep artifacts; a server decides itself."""
-    return str(cfg.logger.artifact_root) if _is_local(uri) else None
+    return str(conf.logger.artifact_root) if _is_local(uri) else None
 
 
-def ensure_experiment(cfg: DictConfig) -> tuple[str, str]:
+def ensure_experiment(conf: Config) -> tuple[str, str]:
     """Find or create `logger.experiment_name` (artifacts pinned under outputs/ for a local
     store; the cnnexp dashboard view where it has none) and mark the store's runs whose process
     died FAILED; return (tracking_uri, experiment_id). Opens no run."""
-    uri, key = resolve_tracking_uri(cfg), tracking_uri_key()
-    bound_http_retries(cfg.logger.outage_timeout_s)
+    uri, key = resolve_tracking_uri(conf), tracking_uri_key()
+    bound_http_retries(conf.logger.outage_timeout_s)
     check_server_reachable(uri, key)
     lock = nullcontext()
     if uri.startswith("sqlite:///"):
@@ -141,16 +143,18 @@ def ensure_experiment(cfg: DictConfig) -> tuple[str, str]:
         lock = FileLock(f"{db}.lock")  # parallel jobs, new store: one creates the tables at a time
     with store_errors(uri):
         with lock:
+            if uri.startswith("sqlite:///"):
+                seed_store(db)
             client = MlflowClient(tracking_uri=uri)
             experiment = _experiment(
                 client,
-                cfg.logger.experiment_name,
-                _artifact_root(cfg, uri),
+                conf.logger.experiment_name,
+                _artifact_root(conf, uri),
                 "logger.experiment_name",
             )
             if VIEW_TAG not in experiment.tags:
                 publish_dashboard(client, experiment.experiment_id)
-        for run_id in reap_dead_runs(client, cfg.logger.stale_after_s):
+        for run_id in reap_dead_runs(client, conf.logger.stale_after_s):
             log.warning(
                 "run %s: its process died; marked FAILED (tag error says how to resume)", run_id
             )
@@ -163,7 +167,7 @@ def store_errors(uri: str) -> Iterator[None]:
     file that is no database, a full disk) as one ConfigError line naming the setting."""
     try:
         yield
-    except (MlflowException, SQLAlchemyError, sqlite3.Error) as err:
+    except (MlflowException, SQLAlchemyError, sqlite3.Error, OSError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         if uri.startswith("sqlite:///") and no_space(err) is not None:
             reason = f"{reason}; {free_space(Path(uri.removeprefix('sqlite:///')))}"
@@ -176,17 +180,19 @@ def reports_experiment_name(experiment: str) -> str:
     return f"{experiment}{REPORTS_SUFFIX}"
 
 
-def reports_experiment(client: MlflowClient, cfg: DictConfig, experiment: str) -> str:
+def reports_experiment(client: MlflowClient, conf: Config, experiment: str) -> str:
     """The id of experiment `<experiment>-reports` (made where missing): task=report's runs."""
-    name, root = reports_experiment_name(experiment), _artifact_root(cfg, resolve_tracking_uri(cfg))
+    name, root = (
+        reports_experiment_name(experiment),
+        _artifact_root(conf, resolve_tracking_uri(conf)),
+    )
     return _experiment(client, name, root, "report.experiment").experiment_id
 
 
-def flatten(cfg: DictConfig | Mapping, prefix: str = "") -> dict[str, str]:
+def flatten(composed: Mapping, prefix: str = "") -> dict[str, str]:
     """Nested config -> {"model.activation": "relu", ...}; lists stay one readable value."""
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     flat: dict[str, str] = {}
-    for key, value in container.items():
+    for key, value in composed.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             flat.update(flatten(value, f"{name}."))
@@ -201,45 +207,62 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> 
         client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
 
 
-def run_tags(cfg: DictConfig, out: Path) -> dict[str, str]:
+def run_tags(conf: Config, out: Path) -> dict[str, str]:
     """Tags every run carries, so the UI can filter and group runs (`sweep_id`: jobs of one -m)."""
     sweep = sweeps.sweep_id()
     return {
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "activation": str(cfg.model.activation),
+        "model": conf.model.name,
+        "data": conf.data.name,
+        "activation": str(conf.model.activation),
         "output_dir": str(out),
     } | ({sweeps.SWEEP_TAG: sweep} if sweep else {})
 
 
-def where_text(cfg: DictConfig, uri: str, experiment_id: str, run_id: str, out: Path) -> str:
-    """The summary lines telling where a finished run is and how to open it."""
-    return (
-        f"  MLflow run {run_id} in experiment {cfg.logger.experiment_name!r} at {uri}\n"
-        f"  outputs in {out}\n"
-        f"  compare runs: {ui_command(uri)}  ->  {ui_url(uri, experiment_id, view=True)}\n"
-        f"  this run: {ui_url(uri, experiment_id, run_id)}"
-    )
+def where_text(
+    experiment: str, uri: str, experiment_id: str, run_id: str, out: Path, explorer: str = ""
+) -> str:
+    """The summary lines telling where a finished run is and how to open it (its artifact
+    `explorer` too, where given)."""
+    lines = [f"  MLflow run {run_id} in experiment {experiment!r} at {uri}", f"  outputs in {out}"]
+    if explorer:
+        lines.append(f"  {explorer}: {artifact_place(uri, experiment_id, run_id, explorer)}")
+    lines += [
+        f"  compare runs: {ui_command(uri)}  ->  {ui_url(uri, experiment_id, view=True)}",
+        f"  this run: {ui_url(uri, experiment_id, run_id)}",
+    ]
+    return "\n".join(lines)
 
 
-def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
+def artifact_place(uri: str, experiment_id: str, run_id: str, path: str) -> str:
+    """Where a person opens the run's artifact `path`: its file (a local store) and its page in
+    the UI."""
+    in_ui = ui_url(uri, experiment_id, run_id, path=path)
+    where = urlparse(MlflowClient(uri).get_run(run_id).info.artifact_uri)
+    if where.scheme != "file":
+        return in_ui
+    return f"{Path(url2pathname(where.path), path)}  (in the UI: {in_ui})"
+
+
+def log_config(client: MlflowClient, run_id: str, composed: dict) -> None:
     """The composed config as flattened params (less the settings of other tasks) and as the
     artifact `config.yaml`."""
-    values = OmegaConf.to_container(cfg, resolve=True)
-    for key in schema.other_tasks_keys(cfg.task):
+    values = dict(composed)
+    for key in schema.other_tasks_keys(composed["task"]):
         values.pop(key, None)
     log_params(client, run_id, flatten(values))
-    client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    client.log_text(run_id, OmegaConf.to_yaml(composed), "config.yaml")
 
 
-def open_run(client: MlflowClient, experiment_id: str, cfg: DictConfig, out: Path) -> str:
+def open_run(
+    client: MlflowClient, experiment_id: str, conf: Config, composed: dict, out: Path
+) -> str:
     """A new RUNNING run tagged with its config's facts and this process; its config logged.
     A store that cannot take it is one line (a run half written stays RUNNING until the next
     command finds this process gone)."""
-    tags = run_tags(cfg, out) | process_tags()
-    with store_errors(resolve_tracking_uri(cfg)):
-        created = client.create_run(experiment_id, run_name=cfg.logger.run_name, tags=tags)
-        log_config(client, created.info.run_id, cfg)
+    tags = run_tags(conf, out) | process_tags()
+    with store_errors(resolve_tracking_uri(conf)):
+        created = client.create_run(experiment_id, run_name=conf.logger.run_name, tags=tags)
+        log_config(client, created.info.run_id, composed)
     return created.info.run_id
 
 
@@ -265,7 +288,7 @@ class TrackingUnavailable(RunStopped):
 def run_status(
     client: MlflowClient,
     run_id: str,
-    cfg: DictConfig,
+    conf: Config,
     on_interrupt: str = "",
     started: Callable[[], bool] = lambda: True,
     out: Path | None = None,
@@ -276,15 +299,15 @@ def run_status(
     that cannot start changes nothing. A tracking outage writes nothing more (the server is
     gone) and becomes TrackingUnavailable, a full disk (under `out` or the store) DiskFull:
     each one line saying how to continue."""
-    uri = resolve_tracking_uri(cfg)
+    uri = resolve_tracking_uri(conf)
     try:
-        with Heartbeat(client, run_id, cfg.logger.heartbeat_s):
+        with Heartbeat(client, run_id, conf.logger.heartbeat_s):
             yield
     except BaseException as err:
         if is_outage(err, uri):
             raise TrackingUnavailable(
                 f"{tracking_uri_key()}: MLflow server {uri} stopped answering within "
-                f"{cfg.logger.outage_timeout_s:g} s; training stopped, its latest state (the last "
+                f"{conf.logger.outage_timeout_s:g} s; training stopped, its latest state (the last "
                 f"epoch fully recorded) is kept; once the server is back, {on_interrupt}"
             ) from None
         if not started():

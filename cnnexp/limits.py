@@ -1,7 +1,8 @@
-"""Config plumbing shared by every step: the user-facing error, the `setting()` field that carries a
-key's range and allowed values, the one checker that enforces them, and Hydra resolvers.
+"""A key's limits, said once as field metadata of the typed schema (`setting(default, ge=1)`),
+and the one checker that enforces them; the other checks every config value passes (known key,
+finite number) and the walk over a config tree they share.
 
-The keys, types and defaults themselves live once, in cnnexp/schema.py.
+The keys, types and defaults themselves live in cnnexp/schema.py.
 """
 
 from __future__ import annotations
@@ -9,61 +10,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
-import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-
-class ConfigError(ValueError):
-    """A mistake in the user's config or environment: shown as one line, never a traceback."""
-
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def checkout() -> Path | None:
-    """The source tree cnnexp runs from (a clone, `pip install -e`); None for an installed wheel,
-    which carries conf/ inside the package as cnnexp/conf (see setup.py)."""
-    return None if (PACKAGE_DIR / "conf").is_dir() else PACKAGE_DIR.parent
-
-
-def config_dir() -> Path:
-    """The primary config dir: the checkout's conf/, else the copy inside the installed package."""
-    return (checkout() or PACKAGE_DIR) / "conf"
-
-
-def repo_root() -> Path:
-    """Where `paths.root_dir` (and so outputs/) defaults to: the checkout, else the working dir."""
-    return checkout() or Path.cwd()
-
-
-def job_output_dir(cfg: DictConfig) -> Path:
-    """This job's Hydra output dir (or, outside Hydra, a fresh one under paths.output_dir)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.paths.output_dir, "runs", f"direct-{time.strftime('%Y%m%d-%H%M%S')}-{uid()}")
-
-
-def uid() -> str:
-    """A short id no two folders made in the same second share, in one process or several."""
-    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def register_resolvers() -> None:
-    """${repo_root:} and ${uid:} for conf/; safe to call more than once."""
-    if not OmegaConf.has_resolver("repo_root"):
-        OmegaConf.register_new_resolver("repo_root", lambda: str(repo_root()))
-    if not OmegaConf.has_resolver("uid"):  # one value per composed config (cached on its root)
-        OmegaConf.register_new_resolver("uid", uid, use_cache=True)
+from cnnexp.errors import ConfigError, join, unknown_key
 
 
 def setting(
@@ -117,27 +71,42 @@ def allowed_text(field: dataclasses.Field) -> str:
     return f"{text}, or {' or '.join(extra)}" if extra else text
 
 
-def check_settings(node: DictConfig, where: str) -> None:
-    """Every key of a structured config node (recursively) is a field of its dataclass and lies
-    in the field's range/choices; raise ConfigError naming the first key that does not."""
+def check_keys(node: DictConfig, where: str = "") -> None:
+    """Every key of a typed config node (recursively) is a field of its schema: OmegaConf lets
+    `+key=` add one that converting to the schema's class would silently drop."""
     cls = OmegaConf.get_type(node)
-    if not dataclasses.is_dataclass(cls):
-        return
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if dataclasses.is_dataclass(cls):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for key in node:
+            if key not in fields:
+                raise unknown_key(where, key, fields)
     for key in node:
-        if key not in fields:
-            raise unknown_key(where, key, fields)
-    for name, field in fields.items():
-        key = join(where, name)
-        if OmegaConf.is_missing(node, name):
-            raise ConfigError(f"{key}: no value given (set {key}=...)")
-        value = node[name]
-        if isinstance(value, DictConfig):
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            check_keys(child, join(where, key))
+
+
+def check_settings(obj: Any, where: str = "") -> None:
+    """Every field of a schema instance (recursively) lies in its range/choices; raise
+    ConfigError naming the first key that does not."""
+    for field in dataclasses.fields(obj):
+        key, value = join(where, field.name), getattr(obj, field.name)
+        if dataclasses.is_dataclass(value):
             check_settings(value, key)
-        elif not _within(value, field.metadata):
-            raise ConfigError(
-                f"{key}: {_show(value)} is not allowed (allowed: {allowed_text(field)})"
-            )
+        else:
+            check_value(value, field, key)
+
+
+def check_value(value: Any, field: dataclasses.Field, key: str) -> None:
+    """ConfigError unless `value` lies in `field`'s range/choices (a close choice suggested)."""
+    if _within(value, field.metadata):
+        return
+    choices = [str(c) for c in field.metadata.get("choices", ())]
+    close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?; " if close and isinstance(value, str) else ""
+    raise ConfigError(
+        f"{key}: {_show(value)} is not allowed ({hint}allowed: {allowed_text(field)})"
+    )
 
 
 def from_mapping(cls: type, raw: Mapping, where: str) -> Any:
@@ -155,10 +124,11 @@ def from_mapping(cls: type, raw: Mapping, where: str) -> Any:
                 raise ConfigError(f"{key}: missing (allowed: {allowed_text(field)})")
             continue
         value = raw[name]
-        if not (_has_type(value, field.type) and _within(value, field.metadata)):
+        if not _has_type(value, field.type):
             raise ConfigError(
                 f"{key}: {_show(value)} is not allowed (allowed: {allowed_text(field)})"
             )
+        check_value(value, field, key)
     return cls(**raw)
 
 
@@ -168,19 +138,6 @@ def check_mapping(raw: Mapping, where: str, allowed: Iterable[str]) -> None:
     for key in raw:
         if key not in allowed:
             raise unknown_key(where, key, allowed)
-
-
-def unknown_key(where: str, key: str, allowed: Iterable[str]) -> ConfigError:
-    """'x.key: unknown key (did you mean x.k?; allowed: ...)'."""
-    names = sorted(str(a) for a in allowed if not str(a).startswith("_"))
-    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-    hint = f"did you mean {join(where, close[0])}?; " if close else ""
-    return ConfigError(f"{join(where, key)}: unknown key ({hint}allowed: {', '.join(names)})")
-
-
-def join(where: str, key: object) -> str:
-    """The dotted name of `key` inside `where` ('' is the root)."""
-    return f"{where}.{key}" if where else str(key)
 
 
 def one_of(value: object, where: str, allowed: Iterable[str]) -> str:
@@ -216,10 +173,11 @@ def _within(value: Any, meta: Mapping[str, Any]) -> bool:
     return all(check(value, bound) for check, bound in bounds)
 
 
-def check_finite(cfg: DictConfig) -> None:
-    """No number anywhere in the config is NaN or infinite: torch and Lightning accept most of
-    them, and a run would train on garbage (lr=inf) or not at all (gamma=nan)."""
-    for key, value in leaves(cfg):
+def check_finite(values: Iterable[tuple[str, Any]]) -> None:
+    """No number among a config's `values` (its `leaves`) is NaN or infinite: torch and
+    Lightning accept most of them, and a run would train on garbage (lr=inf) or not at all
+    (gamma=nan)."""
+    for key, value in values:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key}: {value} is not allowed (allowed: a finite number)")
 
