@@ -15,6 +15,7 @@ from cnnexp.analysis.callbacks import build_callbacks
 from cnnexp.analysis.gradcam import gradcam
 from cnnexp.analysis.health import activation_health, network_health
 from cnnexp.analysis.images import CARD_PX, TileGrid, render_grid
+from cnnexp.analysis.mistakes import confusion_picture, misclassified_picture
 from cnnexp.analysis.top_patches import all_top_patches, block_fields
 from cnnexp.errors import ConfigError
 from cnnexp.models.blocks import ConvBlock
@@ -89,6 +90,40 @@ def test_tiles_too_large_for_the_card_are_shrunk_by_area_not_drawn_thousands_of_
     assert height <= width <= 1.5 * CARD_PX  # 128 tiles of at least 32 px: two bands of rows
     grey = (np.abs(image[..., 0].astype(int) - 128) < 8).sum()  # the shrunk stripes' mean
     assert grey >= 16 * 8 * 32 * 32
+
+
+@pytest.mark.parametrize(
+    ("names", "image"),
+    [
+        ([str(d) for d in range(10)], (1, 8, 8)),  # digits
+        (["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+         (3, 32, 32)),  # CIFAR-10's long names
+        ([f"class {c}" for c in range(100)], (3, 224, 224)),  # many classes, large images
+        (["no", "yes"], (1, 28, 28)),
+    ],
+)  # fmt: skip
+def test_mistake_pictures_are_card_wide_no_taller_and_show_each_image_by_whole_pixels(
+    names, image
+) -> None:
+    """The confusion matrix and the surest mistakes are drawn CARD_PX wide and no taller (the
+    card's 256 px thumbnail is then 256 px wide); a small image is enlarged by whole pixels."""
+    n = len(names)
+    counts = np.full((n, n), 3) + np.diag(np.full(n, 900))
+    wrong = [(0.9 - k / 100, torch.rand(image), k % n, (k + 1) % n) for k in range(12)]
+    for picture in (
+        confusion_picture(counts, names, "test set"),
+        misclassified_picture(wrong, names, "test set, the weights test_acc measures"),
+    ):
+        height, width, _ = picture.shape
+        assert picture.dtype == np.uint8 and width == CARD_PX and height <= width
+    checker = (np.indices(image[1:]).sum(0) % 2).astype(np.float32)  # its squares show the scale
+    board = torch.from_numpy(checker).expand(image).clone()
+    picture = misclassified_picture([(0.9, board, 0, 1)], names, "x")
+    dark = picture[..., 0] < 60
+    runs = [len(r) for row in dark for r in "".join("1" if v else "0" for v in row).split("0") if r]
+    if image[1] < 32:  # room to enlarge: every board square the same whole number of pixels
+        scale = max(set(runs), key=runs.count)
+        assert scale >= 2 and scale * runs.count(scale) > 0.8 * sum(runs)  # text: the rest
 
 
 def test_analysis_none_builds_no_callback_and_bad_keys_are_config_errors(tmp_path) -> None:

@@ -98,12 +98,13 @@ def bands(grid: TileGrid, by: str, k: int) -> list[Band]:
     ]
 
 
-def _text_px(text: str) -> int:
-    return math.ceil(0.6 * FONT_PX * len(text))  # DejaVu Sans: ~0.6 em per character
+def text_px(text: str, px: float = FONT_PX) -> int:
+    """About how wide `text` is drawn at `px` (DejaVu Sans: ~0.6 em per character)."""
+    return math.ceil(0.6 * px * len(text))
 
 
 def _band_size(grid: TileGrid, band: Band, tile: tuple[int, int]) -> tuple[int, int]:
-    label_w = max(_text_px(grid.row_labels[r]) for r in band.rows) + 6
+    label_w = max(text_px(grid.row_labels[r]) for r in band.rows) + 6
     return (
         2 * FONT_PX + len(band.rows) * (tile[0] + GAP),
         label_w + len(band.cols) * (tile[1] + GAP),
@@ -164,7 +165,7 @@ def _layout(
     return best[0], bands(grid, *best), scales[best]
 
 
-def _scaled(tile: np.ndarray, th: int, tw: int) -> np.ndarray:
+def scaled(tile: np.ndarray, th: int, tw: int) -> np.ndarray:
     """`tile` (H×W×3) at th×tw: nearest neighbour when enlarged, the mean of each area when
     shrunk (a shrunk patch keeps what it shows, not every d-th pixel)."""
     if th < tile.shape[0] or tw < tile.shape[1]:
@@ -191,7 +192,7 @@ def render_grid(grid: TileGrid, tile_px: int) -> np.ndarray:
     offsets = [(title_h + a, 0) if by == "cols" else (title_h, a) for a in starts.tolist()]
     height, width = _extent(by, sizes)
     height += title_h
-    width = max(width, height, max(_text_px(line) for line in grid.title.splitlines()) + 8)
+    width = max(width, height, max(text_px(line) for line in grid.title.splitlines()) + 8)
     canvas = np.ones((height, width, 3))
     labels: list[tuple[float, float, str, str]] = []  # (x, y, text, horizontal alignment)
     for band, (y0, x0), (_, band_w) in zip(layout, offsets, sizes, strict=True):
@@ -205,18 +206,34 @@ def render_grid(grid: TileGrid, tile_px: int) -> np.ndarray:
             for j, c in enumerate(band.cols):
                 x = left + j * (tile[1] + GAP)
                 if c < len(grid.tiles[r]):
-                    canvas[top : top + tile[0], x : x + tile[1]] = _scaled(grid.tiles[r][c], *tile)
-    return _with_text(canvas, grid.title, labels)
+                    canvas[top : top + tile[0], x : x + tile[1]] = scaled(grid.tiles[r][c], *tile)
+    return with_text(canvas, grid.title, labels)
 
 
-def _with_text(canvas: np.ndarray, title: str, labels: list) -> np.ndarray:
-    """`canvas` (floats in [0, 1]) with the title at its top and each label at its pixel."""
+@dataclass(frozen=True)
+class Label:
+    """Text drawn at pixel (x, y) of a canvas: centred vertically, aligned `align` ("left",
+    "center", "right") horizontally, `px` high (em), in `colour`."""
+
+    x: float
+    y: float
+    text: str
+    align: str = "center"
+    px: float = FONT_PX
+    colour: str = "black"
+
+
+def with_text(canvas: np.ndarray, title: str, labels: list) -> np.ndarray:
+    """`canvas` (floats in [0, 1]) with the title at its top and each label at its pixel; a label
+    is a Label or (x, y, text, horizontal alignment)."""
     height, width = canvas.shape[:2]
     fig = Figure(figsize=((width + 0.5) / 100, (height + 0.5) / 100), dpi=100)  # ≥ the canvas
     FigureCanvasAgg(fig)
     fig.figimage(canvas, 0, 0, origin="upper", resize=False)
-    points = FONT_PX * 72 / 100  # FONT_PX at the figure's 100 dpi
-    fig.text(4 / width, 1 - 3 / height, title, fontsize=points, va="top", linespacing=1.2)
-    for x, y, text, align in labels:
-        fig.text(x / width, 1 - y / height, text, fontsize=points, ha=align, va="center")
+    points = 72 / 100  # a pixel at the figure's 100 dpi
+    fig.text(4 / width, 1 - 3 / height, title, fontsize=FONT_PX * points, va="top", linespacing=1.2)
+    for label in labels:
+        label = label if isinstance(label, Label) else Label(*label)
+        fig.text(label.x / width, 1 - label.y / height, label.text, fontsize=label.px * points,
+                 ha=label.align, va="center", color=label.colour)  # fmt: skip
     return figure_pixels(fig)[:height, :width]  # exactly the canvas: no taller than wide

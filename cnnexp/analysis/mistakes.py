@@ -15,12 +15,22 @@ import math
 import re
 
 import lightning as L
+import matplotlib
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from cnnexp.analysis.images import card_figure, figure_pixels, minmax
+from cnnexp.analysis.images import (
+    CARD_PX,
+    FONT_PX,
+    GAP,
+    Label,
+    as_input,
+    minmax,
+    scaled,
+    text_px,
+    with_text,
+)
 from cnnexp.analysis.snapshot import SnapshotLogger, is_last_epoch, step_words
 from cnnexp.models.modules import eval_mode
 
@@ -50,11 +60,12 @@ def log_mistakes(
     """Images `confusion_matrix` and `misclassified` (when there is a mistake) at `step`;
     `title` says which set and when."""
     client, run_id = trainer.logger.experiment, trainer.logger.run_id
-    picture = confusion_figure(counts, names, title)
-    client.log_image(run_id, figure_pixels(picture), key="confusion_matrix", step=step)
+    picture = confusion_picture(counts, names, title)
+    client.log_image(run_id, picture, key="confusion_matrix", step=step)
     if wrong:
-        picture = misclassified_figure(wrong, names, title)
-        client.log_image(run_id, figure_pixels(picture), key="misclassified", step=step)
+        client.log_image(
+            run_id, misclassified_picture(wrong, names, title), key="misclassified", step=step
+        )
 
 
 class ValidationMistakes(SnapshotLogger):
@@ -125,45 +136,97 @@ def metric_safe(name: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", str(name))
 
 
-def confusion_figure(counts: np.ndarray, class_names: list[str], title: str) -> Figure:
-    """Rows: true class, normalised to 1 (colour); the counts printed in each cell (up to 30
-    classes)."""
+def _fitting_px(lines: list[str], width: float, px: float = 0.8 * FONT_PX) -> float:
+    """The text size (at most `px`, at least 8 px) at which the longest of `lines` fits `width`."""
+    longest = max(len(line) for line in lines) or 1
+    return max(8.0, min(px, width / (0.6 * longest)))
+
+
+def confusion_picture(counts: np.ndarray, class_names: list[str], title: str) -> np.ndarray:
+    """Rows: true class, normalised to 1 (colour: Blues, white 0 to dark blue 1); the counts
+    printed in each cell and every class named (up to 30 classes); CARD_PX wide, no taller."""
     n = len(class_names)
-    fig = card_figure(0.9)
-    ax = fig.add_subplot()
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    bar = fig.colorbar(ax.imshow(share, cmap="Blues", vmin=0, vmax=1), ax=ax)
-    bar.set_label("share of true class", fontsize=6)
-    bar.ax.tick_params(labelsize=5)
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                if counts[i, j]:
-                    colour = "white" if share[i, j] > 0.5 else "black"
-                    ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
-                            fontsize=5 if n <= 12 else 3, color=colour)  # fmt: skip
-        ax.set_xticks(range(n), class_names, rotation=90 if n > 10 else 0, fontsize=5)
-        ax.set_yticks(range(n), class_names, fontsize=5)
     accuracy = np.trace(counts) / max(counts.sum(), 1)
-    ax.set_xlabel("predicted", fontsize=6)
-    ax.set_ylabel("true", fontsize=6)
-    ax.set_title(f"{title}\naccuracy {accuracy:.1%}", fontsize=6)
-    return fig
+    line = round(1.3 * FONT_PX)
+    top = 2 * line + 6 + 2 * line  # the title's two lines, "predicted" and the class names
+    named = n <= 30
+    names = [str(c) for c in class_names] if named else [""] * n
+    name_px = _fitting_px(names, 120)
+
+    def fitted(rows: list[str]) -> tuple[int, int]:
+        """(left margin, cell size) with these row labels."""
+        left = max(text_px("true", name_px), *(text_px(c, name_px) for c in rows)) + 10
+        return left, max(1, min((CARD_PX - left - 8) // n, (CARD_PX - top - 2 * line) // n))
+
+    (left, cell), columns = fitted(names), names
+    if named and _fitting_px(names, cell - 2) < 0.7 * FONT_PX:  # too long above a column:
+        columns = [str(i) for i in range(n)]  # columns by number, rows by number and name
+        names = [f"{name} {i}" for i, name in enumerate(names)]
+        left, cell = fitted(names)
+    height = top + n * cell + 2 * line  # and the colour key below
+    canvas = np.ones((height, CARD_PX, 3))
+    colours = matplotlib.colormaps["Blues"](share)[..., :3]
+    canvas[top : top + n * cell, left : left + n * cell] = np.kron(
+        colours, np.ones((cell, cell, 1))
+    )
+    labels = [Label(left + n * cell / 2, 2 * line + 6 + line / 2, "predicted", px=0.8 * FONT_PX)]
+    labels.append(Label(left - 6, 2 * line + 6 + 1.5 * line, "true", "right", name_px))
+    column_px = _fitting_px(columns, cell - 2)
+    count_px = _fitting_px([str(int(counts.max()))], cell - 4, 0.7 * FONT_PX)
+    for i, name in enumerate(names):
+        centre = top + i * cell + cell / 2
+        labels.append(Label(left - 6, centre, name, "right", name_px))
+        labels.append(Label(left + i * cell + cell / 2, top - line / 2, columns[i], px=column_px))
+        for j in range(n):
+            if named and counts[i, j]:
+                colour = "white" if share[i, j] > 0.5 else "black"
+                x = left + j * cell + cell / 2
+                labels.append(Label(x, centre, str(int(counts[i, j])), px=count_px, colour=colour))
+    key_y, key_w = top + n * cell + line, 120  # the colour key: 0 to 1, what colour means
+    ramp = matplotlib.colormaps["Blues"](np.linspace(0, 1, key_w))[:, :3]
+    canvas[key_y - 6 : key_y + 6, left + 20 : left + 20 + key_w] = ramp[None]
+    labels.append(Label(left + 14, key_y, "0", "right", 0.7 * FONT_PX))
+    labels.append(
+        Label(left + 26 + key_w, key_y, "1  share of the true class", "left", 0.7 * FONT_PX)
+    )
+    return with_text(canvas, f"{title}\naccuracy {accuracy:.1%}", labels)
 
 
-def misclassified_figure(wrong: list[Mistake], class_names: list[str], title: str) -> Figure:
-    """The most confident mistakes, each titled 'true → predicted confidence', 6 a row."""
-    cols = min(6, len(wrong))
-    rows = math.ceil(len(wrong) / cols)
-    fig = card_figure((0.55 * rows + 0.2) / (0.43 * cols))  # panels 0.43 in + a title
-    fig.suptitle(f"Surest mistakes, {title}", fontsize=6)
-    for k, (confidence, image, true, predicted) in enumerate(wrong):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        img = minmax(image.float())
-        if img.shape[0] == 3:
-            ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
-        else:
-            ax.imshow(img[0].numpy(), cmap="gray", interpolation="nearest")
-        ax.set_title(f"{class_names[true]}→{class_names[predicted]} {confidence:.0%}", fontsize=5)
-        ax.axis("off")
-    return fig
+def misclassified_picture(wrong: list[Mistake], class_names: list[str], title: str) -> np.ndarray:
+    """The most confident mistakes, each captioned 'true→predicted confidence' (on two lines
+    where long class names leave the images larger so), up to 6 a row, each image scaled by
+    whole pixels (nearest neighbour) to fill its cell; CARD_PX wide, no taller."""
+    pictures = [as_input(minmax(image.float())) for _, image, _, _ in wrong]
+    h, w = max(p.shape[0] for p in pictures), max(p.shape[1] for p in pictures)
+    title = f"Surest mistakes, {title}"
+    if text_px(title) > CARD_PX - 8:  # too long for one line
+        title = title.replace(", ", ",\n", 1)
+    heading = (title.count("\n") + 1) * round(1.3 * FONT_PX) + 8
+
+    def layout(cols: int, sep: str) -> tuple[float, list[str], float, int]:
+        """(scale, captions, their text size, caption height) with `cols` cells a row."""
+        captions = [f"{class_names[t]}→{sep}{class_names[p]} {c:.0%}" for c, _, t, p in wrong]
+        px = _fitting_px([x for c in captions for x in c.split("\n")], CARD_PX // cols - 2 * GAP)
+        caption_h = (sep.count("\n") + 1) * round(1.3 * px) + 2
+        rows = math.ceil(len(wrong) / cols)
+        fit = min(
+            (CARD_PX // cols - 4 * GAP) / w, ((CARD_PX - heading) / rows - caption_h - GAP) / h
+        )
+        readable = px >= 0.7 * FONT_PX  # 7 px on the card, or the caption takes a wider cell
+        return (fit if readable else 0.0), captions, px, caption_h
+
+    options = [(c, sep) for c in range(min(6, len(wrong)), 0, -1) for sep in ("", "\n")]
+    cols, sep = max(options, key=lambda o: layout(*o)[0])  # the largest images, then most a row
+    fit, captions, caption_px, caption_h = layout(cols, sep)
+    scale = math.floor(fit) if fit >= 1 else max(fit, 1 / max(h, w))  # whole pixels if room
+    th, tw = max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
+    cell_w, rows = CARD_PX // cols, math.ceil(len(wrong) / cols)
+    canvas = np.ones((heading + rows * (caption_h + th + GAP), CARD_PX, 3))
+    labels = []
+    for k, (picture, caption) in enumerate(zip(pictures, captions, strict=True)):
+        row, col = divmod(k, cols)
+        x, y = col * cell_w + (cell_w - tw) // 2, heading + row * (caption_h + th + GAP)
+        canvas[y + caption_h : y + caption_h + th, x : x + tw] = scaled(picture, th, tw)
+        labels.append(Label(col * cell_w + cell_w / 2, y + caption_h / 2, caption, px=caption_px))
+    return with_text(canvas, title, labels)
