@@ -21,6 +21,7 @@ from cnnexp import api, schema
 from cnnexp.schema import Config
 from cnnexp.tracking.template import seed_store
 from cnnexp.typed import typed_config
+from tests.memory import pytest_runtest_protocol  # noqa: F401  (CNNEXP_TEST_MEMORY=FILE)
 from tests.mlflow_server import mlflow_server  # noqa: F401  (fixture: a real `mlflow server`)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

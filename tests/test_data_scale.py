@@ -20,7 +20,7 @@ from cnnexp.data import sources
 from cnnexp.data.images import RowFile
 from cnnexp.errors import ConfigError
 from cnnexp.validate import validate
-from tests.conftest import FAST, all_runs, run_cli
+from tests.conftest import FAST, all_runs, cli_in_process, run_cli
 from tests.test_augment import CROP_FLIP, batches_seen
 from tests.test_data import compose_data
 
@@ -176,9 +176,9 @@ def test_a_streamed_folder_trains_and_the_second_run_decodes_nothing(
     folder = write_pngs(tmp_path / "images", per_class=40)
     args = ("model=tiny", "data=image_folder", f"data.path={folder}", "data.image_size=16")
     args += (*FAST, "data.in_memory=false", "data.num_workers=2", "analysis=none")
-    first = run_cli(*args, out=out)
+    first = cli_in_process(*args, out=out)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_cli(*args, "seed=1", out=out)
+    second = run_cli(*args, "seed=1", out=out)  # another process: only the cache on disk is shared
     assert second.returncode == 0, second.stderr[-3000:]
     assert "decoded 120 images into cache" in first.stdout
     assert "matches the folder; nothing decoded" in second.stdout

@@ -3,7 +3,9 @@ reason; Ctrl-C and SIGTERM keep the latest state and end KILLED; kill -9 is foun
 command; `resume=` continues the same run from its latest state with every step logged once, and
 loads checkpoints only with weights_only=True.
 
-Every signal is sent on an event (the PauseAt marker file), never after a guessed sleep.
+Every signal is sent on an event (the PauseAt marker file), never after a guessed sleep, to a
+real `python -m cnnexp` subprocess; the command that finds or resumes the stopped run is another
+process (this one: cli_in_process), as a user's next command is.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 
 from cnnexp.errors import ConfigError
 from cnnexp.train import train
-from tests.conftest import FAST, ROOT, all_runs, cli_in_process, run_cli, store, wait_for_marker
+from tests.conftest import FAST, ROOT, all_runs, cli_in_process, store, wait_for_marker
 from tests.helpers import default_sigint
 
 TINY = ["model=tiny", "data=digits", "analysis=none", *FAST]
@@ -97,7 +99,7 @@ def test_interrupted_run_is_killed_with_its_latest_state_and_resumes_into_the_sa
     assert steps(out, run_id, "val_acc") == [0]  # epoch 1 was cut off inside
 
     target = str(ckpt) if resume_by == "checkpoint" else run_id
-    result = run_cli(*TINY, "trainer.max_epochs=4", f"resume={target}", out=out)
+    result = cli_in_process(*TINY, "trainer.max_epochs=4", f"resume={target}", out=out)
     assert result.returncode == 0, result.stderr[-2000:]
     [run] = all_runs(out)  # no second run
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
@@ -125,7 +127,7 @@ def test_sigterm_between_the_last_epoch_and_the_test_is_killed_and_the_resume_te
     [line] = [x for x in output.splitlines() if "interrupted: marked KILLED" in x]
     assert f"resume={run_id}" in line and "Traceback" not in output
 
-    result = run_cli(*TINY, "trainer.max_epochs=4", f"resume={run_id}", out=out)
+    result = cli_in_process(*TINY, "trainer.max_epochs=4", f"resume={run_id}", out=out)
     assert result.returncode == 0, result.stderr[-2000:]
     [run] = all_runs(out)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
@@ -143,14 +145,14 @@ def test_kill_9_is_found_by_the_next_command_and_the_resume_continues_from_the_l
     [run] = all_runs(out)
     assert run.info.status == "RUNNING"
 
-    report = run_cli("task=report", "report.status=[FAILED]", out=out)  # any command on the store
+    report = cli_in_process("task=report", "report.status=[FAILED]", out=out)  # any command
     assert report.returncode == 0, report.stderr[-2000:]
     run = store(out).get_run(run.info.run_id)
     assert run.info.status == "FAILED"
     error = run.data.tags["error"]
     assert f"process {proc.pid} on host" in error and f"resume={run.info.run_id}" in error
 
-    result = run_cli(*TINY, "trainer.max_epochs=4", f"resume={run.info.run_id}", out=out)
+    result = cli_in_process(*TINY, "trainer.max_epochs=4", f"resume={run.info.run_id}", out=out)
     assert result.returncode == 0, result.stderr[-2000:]
     run = store(out).get_run(run.info.run_id)
     assert run.info.status == "FINISHED" and "error" not in run.data.tags
