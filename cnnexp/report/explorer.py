@@ -65,11 +65,17 @@ STYLE = (
     "z-index:1}#slider input{width:24em;vertical-align:middle}"
     "pre{font-size:12px;background:#f7f7f7;padding:.6em;overflow-x:auto}"
     ".diagnosis{font-size:18px;font-weight:600}"
+    ".step.other{color:#b00;font-weight:600}"
 )
+# The epoch slider of explorer.html and of the compare page: every image with a data-key shows
+# its newest picture at or before the chosen epoch (shots: key -> [[epoch, src or null]]; null:
+# the picture the page was written with) and says which epoch it is when not the chosen one.
 SCRIPT = """
 const shots = JSON.parse(document.getElementById('shots').textContent);
 const epochs = JSON.parse(document.getElementById('epochs').textContent);
 const slider = document.getElementById('epoch');
+const last = new Map();  // each image's own src: its newest step (null in shots)
+for (const img of document.querySelectorAll('img[data-key]')) last.set(img, img.src);
 function show(i) {
   const epoch = epochs[i];
   document.getElementById('epoch-label').textContent = epoch;
@@ -77,8 +83,10 @@ function show(i) {
     const list = shots[img.dataset.key];
     let pick = list[0];
     for (const shot of list) if (shot[0] <= epoch) pick = shot;
-    img.src = pick[1];
-    img.closest('figure').querySelector('.step').textContent = 'epoch ' + pick[0];
+    img.src = pick[1] || last.get(img);
+    const step = img.closest('figure').querySelector('.step');
+    step.textContent = 'epoch ' + pick[0] + (pick[0] === epoch ? '' : ' (none at ' + epoch + ')');
+    step.classList.toggle('other', pick[0] !== epoch);
   }
 }
 slider.addEventListener('input', () => show(+slider.value));

@@ -21,7 +21,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cnnexp.report.explorer import CAPTIONS, PER_BLOCK, block_order
+from cnnexp.report.explorer import CAPTIONS, PER_BLOCK, SCRIPT, block_order
 from cnnexp.report.pages import png_data_uri
 from cnnexp.report.plots import colour, curves_figure
 from cnnexp.report.select import RunRecord
@@ -58,28 +58,6 @@ STYLE = (
     "#slider{position:sticky;top:0;background:#fff;padding:.6em 0;border-bottom:1px solid #ddd;"
     "z-index:2}#slider input{width:24em;vertical-align:middle}"
 )
-SCRIPT = """
-const shots = JSON.parse(document.getElementById('shots').textContent);
-const epochs = JSON.parse(document.getElementById('epochs').textContent);
-const slider = document.getElementById('epoch');
-const last = new Map();  // each image's own src: its newest step (null in shots)
-for (const img of document.querySelectorAll('img[data-key]')) last.set(img, img.src);
-function show(i) {
-  const epoch = epochs[i];
-  document.getElementById('epoch-label').textContent = epoch;
-  for (const img of document.querySelectorAll('img[data-key]')) {
-    const list = shots[img.dataset.key];
-    let pick = list[0];
-    for (const shot of list) if (shot[0] <= epoch) pick = shot;
-    img.src = pick[1] || last.get(img);
-    const step = img.closest('figure').querySelector('.step');
-    step.textContent = 'epoch ' + pick[0] + (pick[0] === epoch ? '' : ' (none at ' + epoch + ')');
-    step.classList.toggle('other', pick[0] !== epoch);
-  }
-}
-slider.addEventListener('input', () => show(+slider.value));
-show(+slider.value);
-"""
 
 
 @dataclass(frozen=True)
