@@ -1,12 +1,15 @@
 """How much memory each test needs, measured when asked: `CNNEXP_TEST_MEMORY=FILE make test`
 appends a JSON line per test to FILE; `python -m tests.memory FILE` prints the largest.
 
-A test's figure is the peak, while it ran, of the resident memory of its worker process plus
-every process the worker started (CLI subprocesses, DDP ranks, sweep jobs, servers): the
-worker's own peak exactly (the kernel's high-water mark VmHWM, reset at the test's start), its
-descendants sampled every 100 ms from /proc. `start_mb` is what the worker held when the test
-began (torch, Lightning and MLflow alone are ~1.1 GB), so `peak_mb - start_mb` is what the
-test added. Linux only; off unless the variable is set.
+A test's figure is the peak, while it ran, of the memory of its worker process plus every
+process the worker started (CLI subprocesses, DDP ranks, sweep jobs, data loader workers,
+servers): their proportional set sizes summed (a page shared by n processes counts 1/n in each,
+so forked workers are not counted n times), sampled every 100 ms from /proc, or the worker's
+own exact peak resident memory where that is larger (the kernel's high-water mark VmHWM, reset
+at the test's start). `start_mb` is what the worker held when the test began (torch, Lightning
+and MLflow alone are ~1.1 GB), so `peak_mb - start_mb` is what the test added. Linux only; off
+unless the variable is set. Reading a process's PSS walks its page tables: the sampling costs
+CPU (a few % to tens of %), so time the suite in a run without it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,18 @@ def _rss_kb(pid: int) -> int:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB
     except (OSError, IndexError, ValueError):
         return 0  # ended meanwhile
+
+
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: a page shared by n processes counts 1/n in each (a forked data
+    loader worker's RSS counts every page it still shares with its parent)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0  # ended meanwhile
 
 
 def _descendants(root: int) -> list[int]:
@@ -64,8 +79,8 @@ class Sampler:
     def run(self) -> None:
         me = os.getpid()
         while not self.stop.wait(0.1):
-            children = sum(_rss_kb(pid) for pid in _descendants(me))
-            self.peak_kb = max(self.peak_kb, children + _rss_kb(me))
+            processes = [me, *_descendants(me)]
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(pid) for pid in processes))
 
 
 @pytest.hookimpl(hookwrapper=True)
