@@ -1,5 +1,5 @@
 """How much memory each test needs, measured when asked: `CNNEXP_TEST_MEMORY=FILE make test`
-appends a JSON line per test to FILE; `python -m tests.memory FILE` prints the largest.
+appends a JSON line per test to FILE; `python -m tests.memory FILE [N]` prints the N (15) largest.
 
 A test's figure is the peak, while it ran, of the memory of its worker process plus every
 process the worker started (CLI subprocesses, DDP ranks, sweep jobs, data loader workers,
@@ -22,26 +22,22 @@ from pathlib import Path
 
 import pytest
 
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
-
-def _rss_kb(pid: int) -> int:
+def _proc_kb(file: str, key: str) -> int:
+    """The kB figure of `key` in a /proc file of "Key: value kB" lines (0: the process ended)."""
     try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB
+        for line in Path(file).read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
     except (OSError, IndexError, ValueError):
-        return 0  # ended meanwhile
+        pass
+    return 0
 
 
 def _pss_kb(pid: int) -> int:
     """Proportional set size: a page shared by n processes counts 1/n in each (a forked data
     loader worker's RSS counts every page it still shares with its parent)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, IndexError, ValueError):
-        pass
-    return 0  # ended meanwhile
+    return _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss")
 
 
 def _descendants(root: int) -> list[int]:
@@ -62,15 +58,8 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _own_peak_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
 class Sampler:
-    """The largest sum of the descendants' resident memory seen while running."""
+    """The largest sum of the worker's and its descendants' PSS seen while running."""
 
     def __init__(self) -> None:
         self.peak_kb, self.stop = 0, threading.Event()
@@ -89,7 +78,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
     if not target:
         yield
         return
-    start_kb = _rss_kb(os.getpid())
+    start_kb = _proc_kb("/proc/self/status", "VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := the RSS now
     sampler = Sampler()
     sampler.thread.start()
@@ -98,7 +87,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
     finally:
         sampler.stop.set()
         sampler.thread.join()
-        peak_kb = max(sampler.peak_kb, _own_peak_kb())
+        peak_kb = max(sampler.peak_kb, _proc_kb("/proc/self/status", "VmHWM"))
         line = {"test": item.nodeid, "peak_mb": peak_kb // 1024, "start_mb": start_kb // 1024}
         with open(target, "a") as out:
             out.write(json.dumps(line) + "\n")
@@ -115,4 +104,4 @@ def main(path: str, top: int = 15) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main(sys.argv[1], *map(int, sys.argv[2:3]))  # FILE [how many]

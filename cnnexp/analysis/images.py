@@ -194,15 +194,15 @@ def render_grid(grid: TileGrid, tile_px: int) -> np.ndarray:
     height += title_h
     width = max(width, height, max(text_px(line) for line in grid.title.splitlines()) + 8)
     canvas = np.ones((height, width, 3))
-    labels: list[tuple[float, float, str, str]] = []  # (x, y, text, horizontal alignment)
+    labels: list[Label] = []
     for band, (y0, x0), (_, band_w) in zip(layout, offsets, sizes, strict=True):
         left = x0 + band_w - len(band.cols) * (tile[1] + GAP)
         for j, c in enumerate(band.cols):
             centre = left + j * (tile[1] + GAP) + tile[1] / 2
-            labels.append((centre, y0 + FONT_PX, grid.col_labels[c], "center"))
+            labels.append(Label(centre, y0 + FONT_PX, grid.col_labels[c]))
         for i, r in enumerate(band.rows):
             top = y0 + 2 * FONT_PX + i * (tile[0] + GAP)
-            labels.append((left - 5, top + tile[0] / 2, grid.row_labels[r], "right"))
+            labels.append(Label(left - 5, top + tile[0] / 2, grid.row_labels[r], "right"))
             for j, c in enumerate(band.cols):
                 x = left + j * (tile[1] + GAP)
                 if c < len(grid.tiles[r]):
@@ -223,9 +223,8 @@ class Label:
     colour: str = "black"
 
 
-def with_text(canvas: np.ndarray, title: str, labels: list) -> np.ndarray:
-    """`canvas` (floats in [0, 1]) with the title at its top and each label at its pixel; a label
-    is a Label or (x, y, text, horizontal alignment)."""
+def with_text(canvas: np.ndarray, title: str, labels: list[Label]) -> np.ndarray:
+    """`canvas` (floats in [0, 1]) with the title at its top and each label at its pixel."""
     height, width = canvas.shape[:2]
     fig = Figure(figsize=((width + 0.5) / 100, (height + 0.5) / 100), dpi=100)  # ≥ the canvas
     FigureCanvasAgg(fig)
@@ -233,7 +232,6 @@ def with_text(canvas: np.ndarray, title: str, labels: list) -> np.ndarray:
     points = 72 / 100  # a pixel at the figure's 100 dpi
     fig.text(4 / width, 1 - 3 / height, title, fontsize=FONT_PX * points, va="top", linespacing=1.2)
     for label in labels:
-        label = label if isinstance(label, Label) else Label(*label)
         fig.text(label.x / width, 1 - label.y / height, label.text, fontsize=label.px * points,
                  ha=label.align, va="center", color=label.colour)  # fmt: skip
     return figure_pixels(fig)[:height, :width]  # exactly the canvas: no taller than wide

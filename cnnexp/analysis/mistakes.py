@@ -216,9 +216,11 @@ def misclassified_picture(wrong: list[Mistake], class_names: list[str], title: s
         readable = px >= 0.7 * FONT_PX  # 7 px on the card, or the caption takes a wider cell
         return (fit if readable else 0.0), captions, px, caption_h
 
-    options = [(c, sep) for c in range(min(6, len(wrong)), 0, -1) for sep in ("", "\n")]
-    cols, sep = max(options, key=lambda o: layout(*o)[0])  # the largest images, then most a row
-    fit, captions, caption_px, caption_h = layout(cols, sep)
+    options = {
+        (c, sep): layout(c, sep) for c in range(min(6, len(wrong)), 0, -1) for sep in ("", "\n")
+    }
+    cols, sep = max(options, key=lambda o: options[o][0])  # the largest images, then most a row
+    fit, captions, caption_px, caption_h = options[cols, sep]
     scale = math.floor(fit) if fit >= 1 else max(fit, 1 / max(h, w))  # whole pixels if room
     th, tw = max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
     cell_w, rows = CARD_PX // cols, math.ceil(len(wrong) / cols)
