@@ -53,7 +53,7 @@ def typed_section(key: str, section: Any, schema: type) -> Any:
         check_keys(node)
         check_finite(leaves(node))
         section = OmegaConf.to_object(node[key])
-    if isinstance(section, CnnModelConf) and not _parsed(section.blocks):
+    if isinstance(section, CnnModelConf):
         section = dataclasses.replace(section, blocks=parse_blocks(section.blocks))
     return section
 
@@ -82,7 +82,3 @@ def model_schema(model: Any) -> type:
 
 def _get(section: Any, key: str) -> Any:
     return section.get(key) if isinstance(section, dict) else getattr(section, key, None)
-
-
-def _parsed(blocks: Any) -> bool:
-    return isinstance(blocks, list) and bool(blocks) and not isinstance(blocks[0], dict)

@@ -65,6 +65,8 @@ BAD_INPUTS = [  # (overrides, the start of the one line)
     (["model.blocks=[{conv:0,channels:8}]"], "model.blocks[0].conv: 0 is not allowed"),
     (["model.blocks=[{conv:4,channels:8}]"], "model.blocks[0].conv: kernel 4 is even"),
     (["model.blocks=[{conv:3,channels:8,strid:2}]"], "model.blocks[0].strid: unknown key (did"),
+    (["model.blocks=[3]"], "model.blocks[0]: 3 is not a mapping like {conv: 3, channels: 32}"),
+    (["model.blocks=[[{conv:3,channels:4}]]"], "model.blocks[0]: [{'conv': 3, 'channels': 4}] is"),
     (
         ["model.blocks=[{conv:3,channels:4},{pool:max},{pool:max},{pool:max},{pool:max}]"],
         "model.blocks[4]: ",
