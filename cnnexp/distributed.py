@@ -36,6 +36,7 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from lightning.pytorch.utilities import rank_zero_only
 
 from cnnexp.errors import RunStopped, first_line, one_line
+from cnnexp.paths import write_whole
 from cnnexp.sweeps import log_files
 
 FAILURES = "rank_failures"  # in the job's output dir: <rank>.txt, the cause a rank failed with
@@ -93,11 +94,7 @@ def job_dir() -> Path:
 
 
 def write_failure(folder: Path, rank: int, cause: str) -> None:
-    where = folder / FAILURES
-    where.mkdir(parents=True, exist_ok=True)
-    part = where / f".{rank}.part"
-    part.write_text(cause)
-    os.replace(part, where / f"{rank}.txt")
+    write_whole(folder / FAILURES / f"{rank}.txt", cause)
 
 
 def failure_cause(folder: Path, rank: int, code: int) -> str:

@@ -49,3 +49,12 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("repo_root", lambda: str(repo_root()))
     if not OmegaConf.has_resolver("uid"):  # one value per composed config (cached on its root)
         OmegaConf.register_new_resolver("uid", uid, use_cache=True)
+
+
+def write_whole(file: Path, text: str) -> None:
+    """`text` into `file` (its folder made), which no reader ever sees half-written: written
+    beside it under a name of this process's own, then renamed over it."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_name(f".{file.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, file)

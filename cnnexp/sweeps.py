@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -25,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnnexp.errors import exit_code, one_line, resume_hint
+from cnnexp.paths import write_whole
 
 SWEEP_TAG = "sweep_id"  # run tag: the same value on every job of one multirun
 JOBS_DIR = "jobs"  # in the sweep dir: <job number>.json, the job's state
@@ -43,13 +43,6 @@ def sweep_id() -> str | None:
     return Path(HydraConfig.get().sweep.dir).name if in_multirun() else None
 
 
-def _write(folder: Path, name: str, record: Any) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    part = folder / f".{name}.{os.getpid()}"
-    part.write_text(json.dumps(record))
-    os.replace(part, folder / name)  # readers never see half a record
-
-
 def _record(state: str, detail: str = "", bad_input: bool = False, logs: list = ()) -> None:
     """This job's state, in the sweep dir where the launching process finds it."""
     hydra = HydraConfig.get()
@@ -62,7 +55,7 @@ def _record(state: str, detail: str = "", bad_input: bool = False, logs: list = 
         "output_dir": hydra.runtime.output_dir,
         "logs": list(logs),  # where a bug's traceback went
     }
-    _write(Path(hydra.sweep.dir, JOBS_DIR), f"{hydra.job.num}.json", record)
+    write_whole(Path(hydra.sweep.dir, JOBS_DIR, f"{hydra.job.num}.json"), json.dumps(record))
 
 
 def record_failure(err: Exception) -> None:
@@ -113,7 +106,7 @@ class JobStates(Callback):
         global _sweep_dir
         _sweep_dir = Path(config.hydra.sweep.dir)
         shutil.rmtree(_sweep_dir / JOBS_DIR, ignore_errors=True)  # a rerun into the same dir
-        _write(_sweep_dir, PLANNED, planned_jobs(config))
+        write_whole(_sweep_dir / PLANNED, json.dumps(planned_jobs(config)))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if in_multirun():

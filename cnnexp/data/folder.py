@@ -44,6 +44,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from cnnexp.data.images import RowFile
 from cnnexp.errors import ConfigError
+from cnnexp.paths import write_whole
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the bytes a file decodes to change (2: PIL and the one rule)
@@ -194,10 +195,3 @@ def cache_problem(rows: RowFile, meta_file: Path, fingerprint: str) -> str | Non
     if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint:
         return "it was made from other files or by another cache format"
     return rows.size_problem()
-
-
-def write_whole(file: Path, text: str) -> None:
-    """`text` into `file`, which is never seen half-written (written beside it, then renamed)."""
-    partial = file.with_name(file.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, file)
