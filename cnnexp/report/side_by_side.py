@@ -105,12 +105,12 @@ def health_figure(block: str, columns: list[Column]) -> Figure | None:
         for c in columns:
             points = c.health.get(f"{block}/{measure}")
             if points:
-                epochs, values = zip(*points, strict=True)
-                ax.plot(epochs, values, marker="o", ms=3, color=colour(c.number), label=c.label)
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, marker="o", ms=3, color=colour(c.number), label=c.label)
         ax.set_title(HEALTH[measure], fontsize=10)
         ax.set_xlabel("epoch", fontsize=9)
         ax.tick_params(labelsize=8)
-        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # one epoch: not a range of ±0.05
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # every column's epochs; one: not ±0.05
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     return fig
