@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cnnexp.paths import register_resolvers
+from cnnexp import schema
 from cnnexp.tracking import run_tags
 from tests.conftest import CONF, FAST, all_runs, compose_cfg, run_cli, store
 
@@ -171,7 +171,7 @@ def test_submitit_local_jobs_share_one_sweep_id(out) -> None:
 
 
 def test_slurm_preset_extends_the_submitit_plugin() -> None:
-    register_resolvers()
+    schema.register()  # conf/ refers to the schemas (data/_mnist5k) and resolvers it registers
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], True)
     launcher = cfg.hydra.launcher
