@@ -31,11 +31,18 @@ def join(where: str, key: object) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
+def closest(value: object, names: Iterable[str]) -> str | None:
+    """The one of `names` a typo of `value` most likely meant, if any is close enough: the
+    'did you mean' of every one-line refusal."""
+    close = difflib.get_close_matches(str(value), list(names), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def unknown_key(where: str, key: str, allowed: Iterable[str]) -> ConfigError:
     """'x.key: unknown key (did you mean x.k?; allowed: ...)'."""
     names = sorted(str(a) for a in allowed if not str(a).startswith("_"))
-    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-    hint = f"did you mean {join(where, close[0])}?; " if close else ""
+    close = closest(key, names)
+    hint = f"did you mean {join(where, close)}?; " if close else ""
     return ConfigError(f"{join(where, key)}: unknown key ({hint}allowed: {', '.join(names)})")
 
 

@@ -8,7 +8,6 @@ The keys, types and defaults themselves live in cnnexp/schema.py.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import UnionType
@@ -17,7 +16,7 @@ from typing import Any, Union, get_args, get_origin
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from cnnexp.errors import ConfigError, join, unknown_key
+from cnnexp.errors import ConfigError, closest, join, unknown_key
 
 
 def setting(
@@ -102,8 +101,8 @@ def check_value(value: Any, field: dataclasses.Field, key: str) -> None:
     if _within(value, field.metadata):
         return
     choices = [str(c) for c in field.metadata.get("choices", ())]
-    close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}?; " if close and isinstance(value, str) else ""
+    close = closest(value, choices)
+    hint = f"did you mean {close!r}?; " if close and isinstance(value, str) else ""
     raise ConfigError(
         f"{key}: {_show(value)} is not allowed ({hint}allowed: {allowed_text(field)})"
     )
@@ -144,8 +143,8 @@ def one_of(value: object, where: str, allowed: Iterable[str]) -> str:
     """Return `value` if it names one of `allowed`, else raise a ConfigError listing them."""
     allowed = sorted(allowed)
     if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?; " if close else ""
+        close = closest(value, allowed)
+        hint = f"did you mean {close!r}?; " if close else ""
         raise ConfigError(f"{where}: unknown value {value!r} ({hint}allowed: {', '.join(allowed)})")
     return str(value)
 
