@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,12 +26,9 @@ from tests.conftest import (
     ROOT,
     all_runs,
     cli_in_process,
-    run_cli,
     store,
     typed_cfg,
-    wait_for_marker,
 )
-from tests.helpers import default_sigint
 
 SMALL = ["analysis.erf_samples=2", "analysis.n_images=2", "analysis.max_channels=4"]
 SMALL += ["analysis.health_images=32", "analysis.patch_images=64", "analysis.top_k=2"]
@@ -58,7 +57,7 @@ def one_error_line(stderr: str) -> str:
 def test_two_process_ddp_records_what_one_process_does_and_eval_under_ddp_opens_one_run(
     out,
 ) -> None:
-    result = run_cli("trainer=ddp_sim", *ARGS, out=out)
+    result = cli_in_process("trainer=ddp_sim", *ARGS, out=out)  # this process is rank 0
     assert result.returncode == 0, result.stderr[-3000:]
     [run_dir] = out.glob("runs/*/*")  # one Hydra output dir for both processes
     assert (run_dir / "train_ddp_process_1.log").is_file()  # rank 1 ran, and logged there
@@ -95,7 +94,7 @@ def test_two_process_ddp_records_what_one_process_does_and_eval_under_ddp_opens_
 
     # eval of the single-process run with a DDP trainer: one eval run, not one per rank
     evaluate = ["task=eval", f"resume={one.info.run_id}", "data=digits", "trainer=ddp_sim"]
-    result = run_cli(*evaluate, out=single)
+    result = cli_in_process(*evaluate, out=single)
     assert result.returncode == 0, result.stderr[-3000:]
     evals = [r for r in all_runs(single) if r.data.tags.get("cnnexp.kind") == "eval"]
     assert len(evals) == 1 and evals[0].info.status == "FINISHED"
@@ -124,7 +123,8 @@ def test_data_module_shards_batches_per_rank_under_ddp() -> None:
 
 @pytest.mark.slow
 def test_a_sweep_of_two_seeds_under_ddp_gives_two_finished_runs(out) -> None:
-    result = run_cli("-m", "trainer=ddp_sim", "seed=0,1", *ARGS, "trainer.max_epochs=1", out=out)
+    sweep = ["-m", "trainer=ddp_sim", "seed=0,1", *ARGS, "trainer.max_epochs=1"]
+    result = cli_in_process(*sweep, out=out)  # each job's rank 0 in turn is this process
     assert result.returncode == 0, result.stderr[-3000:]
     runs = all_runs(out)
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
@@ -144,13 +144,16 @@ def test_strategies_that_start_workers_inside_the_process_are_refused(out, strat
     assert "(allowed: ddp" in line and all_runs(out) == []
 
 
-def start_ddp(out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cnnexp", f"paths.output_dir={out}", "trainer=ddp_sim", *ARGS]
-    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.Popen(
-        [*cmd, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**base, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint,
-    )  # fmt: skip
+def kill_once_paused(marker: Path, sig: int, timeout_s: float = 240) -> None:
+    """Send `sig` to the process that wrote its pid into `marker` (tests/helpers.py's PauseAt),
+    once it has: run in a thread while this process runs the paused rank's rank 0."""
+    deadline = time.monotonic() + timeout_s
+    while not (pid := marker.read_text() if marker.exists() else "") and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    if pid:
+        os.kill(int(pid), sig)
 
 
 @pytest.mark.slow
@@ -159,11 +162,12 @@ def test_rank_1_killed_mid_fit_ends_the_run_failed_with_one_line_and_resume_fini
 ) -> None:
     marker = out.parent / "rank1-paused"
     pause = ["+callbacks.pause._target_=tests.helpers.PauseAt", f"+callbacks.pause.marker={marker}"]
-    proc = start_ddp(out, *pause, "+callbacks.pause.rank=1")  # rank 1 waits in epoch 1
-    wait_for_marker(marker, proc, 240)
-    os.kill(int(marker.read_text()), signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=distributed.PEER_WAIT_S + distributed.FALLBACK_S + 60)
-    assert proc.returncode == 1, stderr[-3000:]
+    killer = threading.Thread(target=kill_once_paused, args=(marker, signal.SIGKILL))
+    killer.start()  # rank 0 is this process, in the run below; rank 1 waits in epoch 1
+    result = cli_in_process("trainer=ddp_sim", *ARGS, *pause, "+callbacks.pause.rank=1", out=out)
+    killer.join()
+    stderr = result.stderr
+    assert result.returncode == 1, stderr[-3000:]
     [run] = all_runs(out)
     line = one_error_line(stderr)
     assert line == (
@@ -173,7 +177,7 @@ def test_rank_1_killed_mid_fit_ends_the_run_failed_with_one_line_and_resume_fini
     assert "Traceback" not in stderr and run.info.status == "FAILED"
     assert run.data.tags["error"].startswith("RankFailed: rank 1 of 2 was killed by SIGKILL")
 
-    resumed = run_cli("trainer=ddp_sim", *ARGS, f"resume={run.info.run_id}", out=out)
+    resumed = cli_in_process("trainer=ddp_sim", *ARGS, f"resume={run.info.run_id}", out=out)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     [run] = all_runs(out)
     assert run.info.status == "FINISHED"
@@ -185,11 +189,12 @@ def test_rank_1_killed_mid_fit_ends_the_run_failed_with_one_line_and_resume_fini
 def test_sigterm_to_rank_0_stops_every_rank_and_the_run_is_killed(out) -> None:
     marker = out.parent / "rank0-paused"
     pause = ["+callbacks.pause._target_=tests.helpers.PauseAt", f"+callbacks.pause.marker={marker}"]
-    proc = start_ddp(out, *pause, "+callbacks.pause.rank=0")
-    wait_for_marker(marker, proc, 240)
-    os.kill(int(marker.read_text()), signal.SIGTERM)  # as SLURM or `kill` would
-    stdout, stderr = proc.communicate(timeout=distributed.PEER_WAIT_S + distributed.FALLBACK_S + 60)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    killer = threading.Thread(target=kill_once_paused, args=(marker, signal.SIGTERM))
+    killer.start()  # to this process, rank 0, while Lightning's SIGTERM handler is set: as SLURM
+    result = cli_in_process("trainer=ddp_sim", *ARGS, *pause, "+callbacks.pause.rank=0", out=out)
+    killer.join()
+    stdout, stderr = result.stdout, result.stderr
+    assert result.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     [run] = all_runs(out)
     assert run.info.status == "KILLED" and "Traceback" not in stdout + stderr
     [warning] = [x for x in stdout.splitlines() if "interrupted: marked KILLED" in x]  # logged
@@ -201,7 +206,7 @@ def test_sigterm_to_rank_0_stops_every_rank_and_the_run_is_killed(out) -> None:
 @pytest.mark.slow
 def test_rank_1_raising_ends_the_run_failed_with_one_line_naming_its_error(out) -> None:
     fail = ["+callbacks.boom._target_=tests.helpers.FailAtEpoch", "+callbacks.boom.rank=1"]
-    result = run_cli("trainer=ddp_sim", *ARGS, *fail, out=out)
+    result = cli_in_process("trainer=ddp_sim", *ARGS, *fail, out=out)
     assert result.returncode == 1, result.stderr[-3000:]
     [run] = all_runs(out)
     assert one_error_line(result.stderr) == (
