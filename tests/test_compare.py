@@ -38,7 +38,6 @@ BLOCKS = ("conv1", "conv2")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     """(outputs folder, the two training runs oldest first): one sweep, trained once."""
     out = tmp_path_factory.mktemp("compare") / "outputs"
-    store(out)  # seeded from the template: no 10 s for a new store
     result = cli_in_process("-m", f"model={','.join(MODELS)}", *SMALL, out=out)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(all_runs(out), key=lambda r: r.info.start_time)

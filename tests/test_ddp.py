@@ -26,6 +26,7 @@ from tests.conftest import (
     ROOT,
     all_runs,
     cli_in_process,
+    error_lines,
     store,
     typed_cfg,
 )
@@ -46,11 +47,6 @@ def recorded(out: Path, run) -> tuple[dict[str, list[int]], set[tuple[str, int]]
     folder = Path(client.download_artifacts(run_id, "images", str(out / "images")))
     images = {(key, step) for key, at in logged_images(folder).items() for step in at}
     return steps, images
-
-
-def one_error_line(stderr: str) -> str:
-    [line] = [x for x in stderr.splitlines() if x.startswith("cnnexp: error:")]
-    return line
 
 
 @pytest.mark.slow
@@ -139,7 +135,7 @@ def test_a_sweep_of_two_seeds_under_ddp_gives_two_finished_runs(out) -> None:
 def test_strategies_that_start_workers_inside_the_process_are_refused(out, strategy) -> None:
     result = cli_in_process("trainer=ddp_sim", f"trainer.strategy={strategy}", *ARGS, out=out)
     assert result.returncode == 2
-    line = one_error_line(result.stderr)
+    [line] = error_lines(result.stderr)
     assert line.startswith(f"cnnexp: error: trainer.strategy: '{strategy}' starts its workers")
     assert "(allowed: ddp" in line and all_runs(out) == []
 
@@ -169,7 +165,7 @@ def test_rank_1_killed_mid_fit_ends_the_run_failed_with_one_line_and_resume_fini
     stderr = result.stderr
     assert result.returncode == 1, stderr[-3000:]
     [run] = all_runs(out)
-    line = one_error_line(stderr)
+    [line] = error_lines(stderr)
     assert line == (
         f"cnnexp: error: rank 1 of 2 was killed by SIGKILL; run {run.info.run_id} is FAILED; "
         f"continue it with: python -m cnnexp <same overrides> resume={run.info.run_id}"
@@ -209,11 +205,11 @@ def test_rank_1_raising_ends_the_run_failed_with_one_line_naming_its_error(out) 
     result = cli_in_process("trainer=ddp_sim", *ARGS, *fail, out=out)
     assert result.returncode == 1, result.stderr[-3000:]
     [run] = all_runs(out)
-    assert one_error_line(result.stderr) == (
+    assert error_lines(result.stderr) == [
         "cnnexp: error: rank 1 of 2 failed: RuntimeError: planned failure at epoch 0; "
         f"run {run.info.run_id} is FAILED; continue it with: python -m cnnexp <same overrides> "
         f"resume={run.info.run_id}"
-    )
+    ]
     assert run.info.status == "FAILED" and "Traceback" not in result.stderr
     [log] = out.glob("runs/*/*/train_ddp_process_1.log")
     assert "planned failure at epoch 0" in log.read_text()  # rank 1's traceback went there

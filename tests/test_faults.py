@@ -21,7 +21,7 @@ import pytest
 
 from cnnexp.errors import ConfigError
 from cnnexp.train import train
-from tests.conftest import FAST, ROOT, all_runs, cli_in_process, store, wait_for_marker
+from tests.conftest import FAST, ROOT, all_runs, cli_in_process, error_lines, store, wait_for_marker
 from tests.helpers import default_sigint
 
 TINY = ["model=tiny", "data=digits", "analysis=none", *FAST]
@@ -67,7 +67,7 @@ def test_absurd_learning_rate_stops_the_run_failed_with_the_reason(out) -> None:
     args = (*TINY, "optimizer=sgd", "optimizer.lr=1e12", "trainer.max_epochs=3")
     result = cli_in_process(*args, out=out)
     assert result.returncode == 1  # a run that stopped, not bad input
-    [line] = [x for x in result.stderr.splitlines() if x.startswith("cnnexp: error:")]
+    [line] = error_lines(result.stderr)
     assert "optimizer.lr: training diverged, loss nan" in line
     [run] = all_runs(out)
     assert run.info.status == "FAILED"

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from cnnexp import docs, studies
-from tests.conftest import store
 
 
 def test_the_small_budget_is_one_seed_two_epochs_and_given_overrides_win() -> None:
@@ -35,7 +34,6 @@ def test_a_study_without_a_table_says_how_to_make_one(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_rerun_writes_its_table_with_date_seeds_machine_and_command(tmp_path: Path) -> None:
     out, pages = tmp_path / "outputs", tmp_path / "docs"
-    store(out)  # a new store is a copy of the template, not 10 s of migrations
     tiny = ["data=digits", "trainer.max_epochs=1", "analysis=none"]
     args = ["--docs", str(pages / "studies"), "--output-dir", str(out)]
     code = studies.main(["kernel_3x3_vs_5x5", *tiny, *args])

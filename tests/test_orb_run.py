@@ -7,7 +7,7 @@ import pytest
 from cnnexp.errors import ConfigError
 from cnnexp.features.orb import orb_settings
 from cnnexp.validate import validate
-from tests.conftest import all_runs, cli_in_process, store, typed_cfg
+from tests.conftest import all_runs, cli_in_process, error_lines, store, typed_cfg
 
 ORB_METRICS = [
     "val_acc",
@@ -70,6 +70,6 @@ def test_bad_orb_setting_gives_one_line_and_opens_no_run(out) -> None:
     result = cli_in_process("model=orb_bovw", "model.orb.patch_size=1", out=out)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    ours = [line for line in result.stderr.splitlines() if line.startswith("cnnexp: error:")]
+    ours = error_lines(result.stderr)
     assert len(ours) == 1 and "model.orb.patch_size" in ours[0], result.stderr[-2000:]
     assert all_runs(out) == []

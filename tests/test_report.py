@@ -23,7 +23,7 @@ from cnnexp.report.table import (
     seed_groups,
     seed_verdicts,
 )
-from tests.conftest import FAST, cli_in_process, compose_job_cfg, store
+from tests.conftest import FAST, cli_in_process, compose_job_cfg, error_lines, store
 
 FIGURES = {"val_curves.png", "accuracy_vs_params.png"}
 
@@ -291,7 +291,7 @@ def test_bad_selection_exits_2_with_one_line_and_no_report(override, message, ru
     result = cli_in_process("task=report", override, out=runs_out)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    [line] = [line for line in result.stderr.splitlines() if line.startswith("cnnexp: error:")]
+    [line] = error_lines(result.stderr)
     assert line.startswith(f"cnnexp: error: {message}"), line
     assert (
         set((runs_out / "reports").glob("*")) == folders

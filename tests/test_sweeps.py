@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from cnnexp import schema
 from cnnexp.tracking import run_tags
-from tests.conftest import CONF, FAST, all_runs, compose_cfg, run_cli, store
+from tests.conftest import CONF, FAST, all_runs, compose_cfg, error_lines, run_cli, store
 
 TINY = ["model=tiny", "data=digits", "analysis=none", *FAST]
 EPOCH_METRICS = ["train_loss", "val_loss", "train_acc", "val_acc"]
@@ -43,10 +43,6 @@ def best_val_acc(out: Path) -> dict[str, float]:
         for r in all_runs(out)
         if r.info.status == "FINISHED"
     }
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("cnnexp: error:")]
 
 
 @pytest.mark.slow
@@ -92,7 +88,7 @@ def test_optuna_goes_on_after_a_failed_trial(out) -> None:
     results = OmegaConf.load(sweep_dir(out) / "optimization_results.yaml")
     assert results.best_value == max(best_val_acc(out).values())
     assert results.best_params["model.activation"] == runs["1"].data.params["model.activation"]
-    [line] = error_lines(result)
+    [line] = error_lines(result.stderr)
     assert line.startswith("cnnexp: error: job 0 failed: RuntimeError: planned failure at epoch 0")
 
 
@@ -138,7 +134,7 @@ def test_failing_jobs_are_listed_and_the_others_still_run(out) -> None:
     assert {k: r.info.status for k, r in runs.items()} == {"0": "FAILED", "9": "FINISHED"}
     assert runs["0"].data.tags["error"] == "RuntimeError: planned failure at epoch 0"
     assert {r.data.tags["sweep_id"] for r in runs.values()} == {sweep_dir(out).name}
-    job_lines = error_lines(result)  # at the end, one line per failed job, and nothing else
+    job_lines = error_lines(result.stderr)  # at the end, one line per failed job, and nothing else
     assert [line.split(" failed: ")[0] for line in job_lines] == [
         f"cnnexp: error: job {n}" for n in (0, 2, 3)
     ]
