@@ -157,6 +157,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" else None
+_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc only (not musl, macOS)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -165,8 +166,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     pages for reuse, so a worker that once built ViT-B/16 held ~0.5 GB more (1.5 GB, not 1.0)
     through every later test, and its CLI subprocesses and DDP ranks came on top of that."""
     yield
-    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):  # glibc only (not musl, macOS)
-        _LIBC.malloc_trim(0)
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -144,12 +144,12 @@ def kill_once_paused(marker: Path, sig: int, timeout_s: float = 240) -> None:
     """Send `sig` to the process that wrote its pid into `marker` (tests/helpers.py's PauseAt),
     once it has: run in a thread while this process runs the paused rank's rank 0."""
     deadline = time.monotonic() + timeout_s
-    while not (pid := marker.read_text() if marker.exists() else "") and (
-        time.monotonic() < deadline
-    ):
+    while time.monotonic() < deadline:
+        pid = marker.read_text() if marker.exists() else ""  # "": created, not yet written
+        if pid:
+            os.kill(int(pid), sig)
+            return
         time.sleep(0.05)
-    if pid:
-        os.kill(int(pid), sig)
 
 
 @pytest.mark.slow
